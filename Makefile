@@ -1,0 +1,36 @@
+# Two entry points a new user needs: `make demo` and `make test`. Both create .venv when
+# missing and install the project (editable) with the torch pair that works on these machines.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# Override on other machines, e.g. `make test TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench results clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job on embedded defaults (CPU, local launcher, wandb offline); writes results/demo_dln.png.
+demo: install
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/demo.py
+
+# Every test, slow ones included (this is what CI runs).
+test: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast subset, for the edit-test loop.
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

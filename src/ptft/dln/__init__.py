@@ -1,0 +1,1 @@
+"""Diagonal linear networks: model, teachers, theory (implicit bias), replica theory."""
