@@ -1,0 +1,110 @@
+"""Batched DLN simulation: B independent members (seeds) in one set of (B, D) tensors.
+
+Each member draws its own teachers, inputs and noise from its seed alone, so a member's
+trajectory is the same whether it trains alone or in a batch (up to float rounding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from ptft.dln.model import DLNState, finetune_init, init_state, pt_end_state
+from ptft.dln.teachers import make_inputs, make_teachers
+
+# independent random streams of one member, derived from its seed
+_TEACHER, _X_FT, _NOISE_FT, _X_PT, _NOISE_PT, _X_TEST = range(6)
+
+
+def member_rng(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), 0xD1A6, stream]))
+
+
+@dataclass
+class MemberData:
+    seed: int
+    beta_pt: np.ndarray
+    beta_star: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+
+
+def member_data(d: Any, seed: int) -> MemberData:
+    """Teachers and FT training data of one member, per PAPER.md section 4."""
+    beta_pt, beta_star = make_teachers(d.dim, d.rho_pt, d.rho_ft, d.omega, d.a_pt, member_rng(seed, _TEACHER))
+    n = int(round(d.alpha * d.dim))
+    X = make_inputs(n, d.dim, member_rng(seed, _X_FT))
+    y = X @ beta_star + d.noise * member_rng(seed, _NOISE_FT).standard_normal(n)
+    return MemberData(seed, beta_pt, beta_star, X, y)
+
+
+def pt_data(d: Any, m: MemberData) -> tuple[np.ndarray, np.ndarray]:
+    """Finite PT data (dln.pt=train): n_PT = alpha_pt D samples of the PT teacher."""
+    n = max(1, int(round(d.alpha_pt * d.dim)))
+    X = make_inputs(n, d.dim, member_rng(m.seed, _X_PT))
+    return X, X @ m.beta_pt + d.noise * member_rng(m.seed, _NOISE_PT).standard_normal(n)
+
+
+def test_mse(seed: int, beta_err: np.ndarray, n_test: int, chunk: int = 2048) -> float:
+    """Mean squared prediction error on n_test fresh noiseless samples: mean (x . (beta - beta*))^2."""
+    rng = member_rng(seed, _X_TEST)
+    total, done = 0.0, 0
+    while done < n_test:
+        k = min(chunk, n_test - done)
+        total += float(np.sum((make_inputs(k, beta_err.size, rng) @ beta_err) ** 2))
+        done += k
+    return total / n_test
+
+
+def start_state(d: Any, members: list[MemberData], pt_states: DLNState | None = None) -> DLNState:
+    """The state fine-tuning (or STL) starts from, stacked over members: (B, D) arrays."""
+    B, D = len(members), d.dim
+    if d.mode == "stl":
+        return init_state(d.c_pt, d.lam_pt, (B, D))
+    if pt_states is None:
+        pt_states = pt_end_state(np.stack([m.beta_pt for m in members]), d.c_pt, d.lam_pt)
+    return finetune_init(pt_states, d.gamma)
+
+
+class DLNTask:
+    """Full-batch gradient descent on the per-member mean squared error, float64."""
+
+    full_batch = True
+
+    def __init__(self, X: list[np.ndarray], y: list[np.ndarray], state: DLNState, device: str = "cpu"):
+        kw = dict(dtype=torch.float64, device=device)
+        self.X = torch.as_tensor(np.stack(X), **kw)          # (B, n, D)
+        self.y = torch.as_tensor(np.stack(y), **kw)          # (B, n)
+        self.n_members = self.X.shape[0]
+        self.w = {k: torch.as_tensor(getattr(state, k), **kw).clone().requires_grad_(True) for k in DLNState._fields}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.w.values())
+
+    def beta(self) -> torch.Tensor:
+        w = self.w
+        return w["vp"] * w["wp"] - w["vm"] * w["wm"]
+
+    def batches(self, epoch: int) -> Iterable[None]:
+        return (None,)
+
+    def loss(self, batch: Any = None) -> torch.Tensor:
+        r = torch.bmm(self.X, self.beta().unsqueeze(-1)).squeeze(-1) - self.y
+        return (r * r).mean(dim=1)
+
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {"train_mse": self.loss()}
+
+    def state(self) -> DLNState:
+        return DLNState(*(self.w[k].detach().cpu().numpy() for k in DLNState._fields))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.w.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, v in self.w.items():
+                v.copy_(state[k])

@@ -1,0 +1,272 @@
+"""The one training loop of the suite.
+
+A task plugs in through the small `Task` protocol: its trainable tensors, the batches of an epoch,
+a per-member loss and its metrics. A task may hold B independent *members* in one set of tensors
+(every parameter then has a leading dimension B): each member has its own loss and its own
+stopping, and a member that has stopped never changes again while the others go on.
+
+Stopping rules, per member:
+* converged: the epoch's mean train loss is below `threshold` (for a full-batch task the loss is
+  checked before the update, so a converged member takes no further step);
+* diverged: the loss is NaN or inf; the member stops with status `diverged` (never a crash and
+  never a result marked ok);
+* max_steps / max_epochs: the budget ran out.
+
+Checkpoints (tensors and plain containers only, loaded with weights_only=True) are written every
+`ckpt_every_s` seconds and when SIGTERM or SIGUSR1 arrives (at the next step boundary; a handler
+that was installed before, e.g. submitit's, is then called). Resuming from a checkpoint gives the
+same result, bit for bit on CPU, as an uninterrupted run: all randomness of a task must be a
+function of (its seed, the epoch), never of global RNG state.
+"""
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+import torch
+
+from ptft import ConfigError
+from ptft.train.store import atomic_write_bytes
+
+STATUS_RUNNING = "running"
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 0.5
+    momentum: float = 0.0
+    threshold: float = 1e-4        # stop a member when its epoch-mean train loss is below this
+    max_steps: Optional[int] = None
+    max_epochs: Optional[int] = None
+    batch_size: Optional[int] = None  # minibatch tasks only (None: full batch)
+    log_every: int = 100           # steps between metrics.jsonl rows
+    eval_every: int = 0            # epochs between evaluations (0: only at the end)
+    ckpt_every_s: float = 60.0     # seconds between checkpoints (<= 0: only on signals)
+
+
+def validate_train(cfg: TrainConfig) -> None:
+    if not cfg.lr > 0:
+        raise ConfigError(f"train.lr={cfg.lr} must be > 0")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"train.momentum={cfg.momentum} must be in [0, 1)")
+    if not cfg.threshold >= 0:
+        raise ConfigError(f"train.threshold={cfg.threshold} must be >= 0")
+    for key in ("max_steps", "max_epochs", "batch_size"):
+        v = getattr(cfg, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"train.{key}={v} must be >= 1 (or null)")
+    if cfg.max_steps is None and cfg.max_epochs is None:
+        raise ConfigError("set train.max_steps or train.max_epochs: a run needs a budget")
+    if cfg.log_every < 1 or cfg.eval_every < 0:
+        raise ConfigError("train.log_every must be >= 1 and train.eval_every >= 0")
+
+
+class Task(Protocol):
+    n_members: int
+    full_batch: bool
+
+    def parameters(self) -> list[torch.Tensor]: ...
+    def batches(self, epoch: int) -> Iterable[Any]: ...
+    def loss(self, batch: Any) -> torch.Tensor: ...          # shape (n_members,)
+    def evaluate(self) -> dict[str, torch.Tensor]: ...       # each (n_members,)
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Preempted(Exception):
+    """Raised at a step boundary after a checkpoint was written because a signal arrived."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signal.Signals(signum).name} after writing a checkpoint")
+        self.signum = signum
+
+
+class _Signals:
+    """Record SIGTERM/SIGUSR1; the loop checkpoints at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.pending: Optional[int] = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not in the main thread: no signal handling
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.pending = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+    def forward(self) -> None:
+        """After checkpointing: hand the signal to the handler that was there before us."""
+        signum, self.pending = self.pending, None
+        prev = self.previous.get(signum)
+        if callable(prev):
+            prev(signum, None)
+            return  # e.g. submitit logged or requeued; if it returns, keep training
+        raise Preempted(signum)
+
+
+class Trainer:
+    def __init__(self, task: Task, cfg: TrainConfig, *, checkpoint: Optional[Path] = None,
+                 log: Optional[Callable[[int, dict], None]] = None, bar: Any = None):
+        validate_train(cfg)
+        self.task, self.cfg, self.ckpt_path, self._log, self.bar = task, cfg, checkpoint, log, bar
+        self.params = task.parameters()
+        B = task.n_members
+        self.bufs = [torch.zeros_like(p) for p in self.params] if cfg.momentum > 0 else []
+        self.epoch = 0
+        self.step = 0
+        self.steps = torch.zeros(B, dtype=torch.long)
+        self.active = torch.ones(B, dtype=torch.bool)
+        self.status = [STATUS_RUNNING] * B
+        self.last_loss = torch.full((B,), float("nan"), dtype=torch.float64)
+        self.ep_sum = torch.zeros(B, dtype=torch.float64)  # running sum of this epoch's batch losses
+        self.n_batches = 0                                  # batches taken in this epoch
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"task": self.task.state_dict(), "bufs": self.bufs, "epoch": self.epoch, "step": self.step,
+                "steps": self.steps, "active": self.active, "status": list(self.status),
+                "last_loss": self.last_loss, "ep_sum": self.ep_sum.cpu(), "n_batches": self.n_batches}
+
+    def save_checkpoint(self) -> None:
+        if self.ckpt_path is None:
+            return
+        import io
+
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        atomic_write_bytes(self.ckpt_path, buf.getvalue())
+
+    def try_resume(self) -> bool:
+        if self.ckpt_path is None or not Path(self.ckpt_path).exists():
+            return False
+        st = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        self.task.load_state_dict(st["task"])
+        for b, v in zip(self.bufs, st["bufs"]):
+            b.copy_(v)
+        self.epoch, self.step = int(st["epoch"]), int(st["step"])
+        self.steps, self.active = st["steps"], st["active"]
+        self.status, self.last_loss = list(st["status"]), st["last_loss"]
+        self.ep_sum, self.n_batches = st["ep_sum"], int(st["n_batches"])
+        return True
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _mask(self, p: torch.Tensor, active_f: torch.Tensor) -> torch.Tensor:
+        B = self.task.n_members
+        if B == 1:
+            return active_f.reshape(())
+        return active_f.reshape((B,) + (1,) * (p.dim() - 1))
+
+    def _update(self, active_f: torch.Tensor) -> None:
+        lr, mom = self.cfg.lr, self.cfg.momentum
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                g = p.grad
+                if g is None:
+                    continue
+                if mom > 0:
+                    buf = self.bufs[i]
+                    buf.mul_(mom).add_(g)
+                    g = buf
+                m = self._mask(p, active_f)
+                p.sub_(g * (m * lr) if m.dim() else g * (lr * m))
+                p.grad = None
+
+    def _finish_member(self, mask: torch.Tensor, status: str) -> None:
+        for b in torch.nonzero(mask & self.active).flatten().tolist():
+            self.status[b] = status
+        self.active &= ~mask
+
+    def _log_row(self) -> None:
+        if self._log is None:
+            return
+        act = self.active
+        ll = self.last_loss
+        row = {"epoch": self.epoch, "train_loss_mean": float(ll.nanmean()) if ll.numel() else float("nan"),
+               "n_active": int(act.sum())}
+        if ll.numel() > 1:
+            row["train_loss_max"] = float(ll.max()) if torch.isfinite(ll).all() else float("nan")
+            row["train_loss"] = ll.tolist()
+        self._log(self.step, row)
+
+    def _maybe_checkpoint(self, sig: _Signals) -> None:
+        due = self.cfg.ckpt_every_s > 0 and time.monotonic() - self._last_ckpt > self.cfg.ckpt_every_s
+        if sig.pending is None and not due:
+            return
+        self.save_checkpoint()
+        self._last_ckpt = time.monotonic()
+        if sig.pending is not None:
+            sig.forward()
+
+    def _end_epoch(self) -> None:
+        task, cfg = self.task, self.cfg
+        if not task.full_batch and self.n_batches:
+            ep_loss = (self.ep_sum / self.n_batches).cpu()  # the one host sync of an epoch
+            self.last_loss = torch.where(self.active, ep_loss, self.last_loss)
+            self._finish_member(~torch.isfinite(ep_loss), "diverged")
+            self._finish_member(ep_loss < cfg.threshold, "converged")
+        self.epoch += 1
+        self.ep_sum = torch.zeros(self.task.n_members, dtype=torch.float64)
+        self.n_batches = 0
+        if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self._log is not None:
+            self._log(self.step, {f"eval/{k}": v for k, v in _means(task.evaluate()).items()})
+
+    def run(self) -> dict[str, Any]:
+        """Train until every member has stopped; returns per-member status, steps and last loss."""
+        cfg, task = self.cfg, self.task
+        self._last_ckpt = time.monotonic()
+        with _Signals() as sig:
+            while self.active.any():
+                if cfg.max_epochs is not None and self.epoch >= cfg.max_epochs:
+                    self._finish_member(self.active.clone(), "max_epochs")
+                    break
+                # a resumed mid-epoch checkpoint skips the batches it has already taken
+                for batch in itertools.islice(task.batches(self.epoch), self.n_batches, None):
+                    if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                        break
+                    loss = task.loss(batch)
+                    if task.full_batch:  # check before the update: a converged member takes no step
+                        ld = loss.detach().double().cpu()
+                        self.last_loss = torch.where(self.active, ld, self.last_loss)
+                        self._finish_member(~torch.isfinite(ld), "diverged")
+                        self._finish_member(ld < cfg.threshold, "converged")
+                        if not self.active.any():
+                            break
+                    else:  # stays on the device: no host sync per step
+                        self.ep_sum = self.ep_sum.to(loss.device) + loss.detach().double()
+                    active_f = self.active.to(device=loss.device, dtype=loss.dtype)
+                    (loss * active_f).sum().backward()
+                    self._update(active_f)
+                    self.n_batches += 1
+                    self.steps += self.active.long()
+                    self.step += 1
+                    if self.bar is not None:
+                        self.bar.update(1)
+                    if self.step % cfg.log_every == 0:
+                        self._log_row()
+                    self._maybe_checkpoint(sig)
+                if cfg.max_steps is not None and self.step >= cfg.max_steps and self.active.any():
+                    self._end_epoch()
+                    self._finish_member(self.active.clone(), "max_steps")
+                    break
+                if self.active.any() or self.n_batches:
+                    self._end_epoch()
+        self._log_row()
+        return {"status": list(self.status), "steps": self.steps.tolist(), "epochs": self.epoch,
+                "train_loss": self.last_loss.tolist()}
+
+
+def _means(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(torch.as_tensor(v, dtype=torch.float64).mean()) for k, v in metrics.items()}
