@@ -75,6 +75,7 @@ def _member_results(cfg, members, task: DLNTask, start: DLNState, out: dict, pt_
     beta = task.beta().detach().cpu().numpy()
     train_mse = task.evaluate()["train_mse"].cpu().numpy()
     res = []
+    np.seterr(over="ignore", invalid="ignore")  # a diverged member has inf/nan errors, reported as such
     for b, m in enumerate(members):
         err = beta[b] - m.beta_star
         r = {
