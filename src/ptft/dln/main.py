@@ -74,17 +74,19 @@ def _member_results(cfg, members, task: DLNTask, start: DLNState, out: dict, pt_
     c1, l1 = invariants(task.state())
     beta = task.beta().detach().cpu().numpy()
     train_mse = task.evaluate()["train_mse"].cpu().numpy()
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged member's errors are inf/nan, reported so
+        errs = beta - np.stack([m.beta_star for m in members])
+        tests = test_mse(errs, cfg.dln.n_test)
+        param = np.sum(errs**2, axis=1) / errs.shape[1]
     res = []
-    np.seterr(over="ignore", invalid="ignore")  # a diverged member has inf/nan errors, reported as such
     for b, m in enumerate(members):
-        err = beta[b] - m.beta_star
         r = {
             "seed": m.seed,
             "status": STATUS.get(out["status"][b], out["status"][b]),
             "steps": int(out["steps"][b]),
             "train_mse": float(train_mse[b]),
-            "test_mse": test_mse(m.seed, err, cfg.dln.n_test),
-            "param_mse": float(err @ err / err.size),
+            "test_mse": float(tests[b]),
+            "param_mse": float(param[b]),
             "beta_l1": float(np.abs(beta[b]).sum()),
             "c_drift": float(np.max(np.abs(c1[b] - c0[b]) / c0[b])),
             "lam_drift": float(np.max(np.abs(l1[b] - l0[b]) / c0[b])),

@@ -47,13 +47,18 @@ def pt_data(d: Any, m: MemberData) -> tuple[np.ndarray, np.ndarray]:
     return X, X @ m.beta_pt + d.noise * member_rng(m.seed, _NOISE_PT).standard_normal(n)
 
 
-def test_mse(seed: int, beta_err: np.ndarray, n_test: int, chunk: int = 2048) -> float:
-    """Mean squared prediction error on n_test fresh noiseless samples: mean (x . (beta - beta*))^2."""
-    rng = member_rng(seed, _X_TEST)
-    total, done = 0.0, 0
+def test_mse(beta_err: np.ndarray, n_test: int, chunk: int = 2048) -> np.ndarray:
+    """Mean squared prediction error of each row of beta_err (B, D) on n_test fresh noiseless samples.
+
+    The test inputs are one fixed set per dimension D (independent of every training stream), shared
+    by all members, so a member's number does not depend on the batch it was trained in.
+    """
+    beta_err = np.atleast_2d(beta_err)
+    rng = np.random.default_rng(np.random.SeedSequence([0xD1A6, _X_TEST, beta_err.shape[1]]))
+    total, done = np.zeros(beta_err.shape[0]), 0
     while done < n_test:
         k = min(chunk, n_test - done)
-        total += float(np.sum((make_inputs(k, beta_err.size, rng) @ beta_err) ** 2))
+        total += np.sum((make_inputs(k, beta_err.shape[1], rng) @ beta_err.T) ** 2, axis=0)
         done += k
     return total / n_test
 

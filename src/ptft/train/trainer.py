@@ -120,6 +120,10 @@ class _Signals:
 class Trainer:
     def __init__(self, task: Task, cfg: TrainConfig, *, checkpoint: Optional[Path] = None,
                  log: Optional[Callable[[int, dict], None]] = None, bar: Any = None):
+        if not isinstance(cfg, TrainConfig):  # a DictConfig: plain attributes are ~100x faster in the loop
+            from omegaconf import OmegaConf
+
+            cfg = TrainConfig(**OmegaConf.to_container(cfg, resolve=True))
         validate_train(cfg)
         self.task, self.cfg, self.ckpt_path, self._log, self.bar = task, cfg, checkpoint, log, bar
         self.params = task.parameters()
