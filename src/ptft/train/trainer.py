@@ -137,6 +137,7 @@ class Trainer:
         self.last_loss = torch.full((B,), float("nan"), dtype=torch.float64)
         self.ep_sum = torch.zeros(B, dtype=torch.float64)  # running sum of this epoch's batch losses
         self.n_batches = 0                                  # batches taken in this epoch
+        self._active_dev: Optional[torch.Tensor] = None
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -162,6 +163,7 @@ class Trainer:
             b.copy_(v)
         self.epoch, self.step = int(st["epoch"]), int(st["step"])
         self.steps, self.active = st["steps"], st["active"]
+        self._active_dev = None
         self.status, self.last_loss = list(st["status"]), st["last_loss"]
         self.ep_sum, self.n_batches = st["ep_sum"], int(st["n_batches"])
         return True
@@ -192,6 +194,13 @@ class Trainer:
         for b in torch.nonzero(mask & self.active).flatten().tolist():
             self.status[b] = status
         self.active &= ~mask
+        self._active_dev = None
+
+    def _active_on(self, like: torch.Tensor) -> torch.Tensor:
+        """The active mask as floats on the loss's device, copied only when it changes (no per-step sync)."""
+        if self._active_dev is None or self._active_dev.device != like.device or self._active_dev.dtype != like.dtype:
+            self._active_dev = self.active.to(device=like.device, dtype=like.dtype)
+        return self._active_dev
 
     def _log_row(self) -> None:
         if self._log is None:
@@ -250,7 +259,7 @@ class Trainer:
                             break
                     else:  # stays on the device: no host sync per step
                         self.ep_sum = self.ep_sum.to(loss.device) + loss.detach().double()
-                    active_f = self.active.to(device=loss.device, dtype=loss.dtype)
+                    active_f = self._active_on(loss)
                     (loss * active_f).sum().backward()
                     self._update(active_f)
                     self.n_batches += 1

@@ -1,0 +1,225 @@
+"""The paper's initialisation knobs on a ResNet, and the post-pretraining rescalings (LL).
+
+Before pretraining (:class:`InitConfig`, applied to the default init by :func:`apply_init_scaling`),
+every targeted parameter is multiplied by the PRODUCT of
+
+- ``scale`` (the absolute scale c; all layers),
+- the relative-scale preset with ``kappa``:
+  ``profile=split``: every stage before ``split`` gets ``kappa`` (``split=layer3``: conv1, bn1,
+  layer1, layer2); ``profile=geometric``: stage j of the S=6 stages (stem, layer1..layer4, fc)
+  gets ``kappa ** (1 - j / (S - 1))``, i.e. the stem kappa, the head 1, geometric in between,
+- every ``layer_scales`` entry whose glob pattern matches the parameter (see "Matching").
+
+After pretraining (:class:`FTConfig`, :func:`prepare_finetune_model`), in this order:
+``rescale`` s (LL: every parameter times s; parameters only, BatchNorm running statistics are
+buffers and are left alone), ``layer_rescale`` (pattern -> factor, multiplied in), then the head:
+``head=new`` replaces ``fc`` by a fresh ``nn.Linear`` for the FT classes whose default init
+(weight and bias) is multiplied by ``readout_scale`` gamma; ``head=reuse`` keeps the pretrained
+head (LL's 100-way head; fine-tune on original labels, ``Split.y_orig``).
+
+Targets (which parameters a factor touches; ``InitConfig.targets`` / ``FTConfig.rescale_targets``):
+``weight`` = weights of Conv/Linear layers, ``bias`` = biases of Conv/Linear layers (ResNet-18:
+only fc has one), ``bn`` = BatchNorm affine weight and bias. Note: a conv weight followed by
+BatchNorm does not change the network's function when scaled (BN divides the scale out); it
+changes the training dynamics (the effective learning rate of that weight goes as 1/factor^2).
+Scaling ``bn`` (and the head) changes the function itself.
+
+Matching: a pattern (``fnmatch`` glob, ``*`` also crosses dots) matches a parameter when it matches
+the parameter's full name (``layer1.0.conv1.weight``), its module's name (``layer1.0.conv1``) or
+any ancestor module's name (``layer1.0``, ``layer1``). So ``layer1`` is all of layer1, ``conv1``
+only the stem conv, ``layer*.*.conv1`` the first conv of every block, ``*`` everything. A
+user pattern that matches no targeted parameter is an error naming the pattern.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Dict, List, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ptft import ConfigError
+from ptft.vision.models import STAGES, new_head
+
+TARGETS = ("weight", "bias", "bn")
+PROFILES = ("split", "geometric")
+HEADS = ("new", "reuse")
+
+
+@dataclass
+class InitConfig:
+    """Initialisation scaling applied before pretraining (Hydra structured config)."""
+
+    scale: float = 1.0  # absolute scale c, all targeted parameters
+    kappa: float = 1.0  # relative scale of the early layers (kappa < 1 ~ lt < 0 in the DLN)
+    profile: str = "split"  # split | geometric
+    split: str = "layer3"  # profile=split: stages before this one get kappa
+    layer_scales: Dict[str, float] = field(default_factory=dict)  # glob pattern -> factor
+    targets: List[str] = field(default_factory=lambda: ["weight"])  # of: weight, bias, bn
+
+
+@dataclass
+class FTConfig:
+    """Model changes between pretraining and fine-tuning (Hydra structured config)."""
+
+    rescale: float = 1.0  # LL's s: every targeted parameter times s
+    layer_rescale: Dict[str, float] = field(default_factory=dict)  # glob pattern -> factor
+    rescale_targets: List[str] = field(default_factory=lambda: ["weight", "bias", "bn"])  # LL: all
+    head: str = "new"  # new | reuse
+    readout_scale: float = 1.0  # gamma: the new head's default init times gamma
+
+
+def _check_factor(key: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a finite number > 0")
+    return float(value)
+
+
+def _check_targets(key: str, targets: Sequence[str]) -> List[str]:
+    targets = list(targets)
+    bad = [t for t in targets if t not in TARGETS]
+    if not targets or bad:
+        raise ConfigError(f"{key}={targets} must be a non-empty list of {list(TARGETS)} (unknown: {bad})")
+    return targets
+
+
+def validate_init_config(cfg: InitConfig) -> None:
+    """Checks that need no model."""
+    _check_factor("init.scale", cfg.scale)
+    _check_factor("init.kappa", cfg.kappa)
+    if cfg.profile not in PROFILES:
+        raise ConfigError(f"init.profile={cfg.profile!r} must be one of {list(PROFILES)}")
+    if cfg.profile == "split" and cfg.split not in STAGES[1:]:
+        raise ConfigError(f"init.split={cfg.split!r} must be one of {list(STAGES[1:])} "
+                          f"(the first stage that does NOT get kappa)")
+    for pat, f in dict(cfg.layer_scales).items():
+        _check_factor(f"init.layer_scales[{pat!r}]", f)
+    _check_targets("init.targets", cfg.targets)
+
+
+def validate_ft_config(cfg: FTConfig) -> None:
+    """Checks that need no model."""
+    _check_factor("ft.rescale", cfg.rescale)
+    _check_factor("ft.readout_scale", cfg.readout_scale)
+    for pat, f in dict(cfg.layer_rescale).items():
+        _check_factor(f"ft.layer_rescale[{pat!r}]", f)
+    _check_targets("ft.rescale_targets", cfg.rescale_targets)
+    if cfg.head not in HEADS:
+        raise ConfigError(f"ft.head={cfg.head!r} must be one of {list(HEADS)}")
+    if cfg.head == "reuse" and cfg.readout_scale != 1.0:
+        raise ConfigError(f"ft.readout_scale={cfg.readout_scale} applies to a new head only; with ft.head=reuse "
+                          f"scale the pretrained head with ft.layer_rescale={{fc: {cfg.readout_scale}}}")
+
+
+def targeted_params(model: nn.Module, targets: Sequence[str]) -> Dict[str, nn.Parameter]:
+    """{name: parameter} of the parameters that ``targets`` selects (see module docstring)."""
+    out: Dict[str, nn.Parameter] = {}
+    for mname, module in model.named_modules():
+        is_bn = isinstance(module, nn.modules.batchnorm._NormBase)
+        is_wb = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if (is_bn and "bn" in targets) or (is_wb and pname in targets):
+                out[full] = p
+    return out
+
+
+def _matches(pattern: str, param_name: str) -> bool:
+    parts = param_name.split(".")
+    names = [param_name] + [".".join(parts[:i]) for i in range(1, len(parts))]
+    return any(fnmatchcase(n, pattern) for n in names)
+
+
+def resolve_factors(model: nn.Module, scales: Mapping[str, float], targets: Sequence[str],
+                    key: str = "layer_scales", strict: bool = True) -> Dict[str, float]:
+    """{param name: product of the factors of the patterns matching it} over the targeted parameters
+    (1.0 where none match). ``strict``: a pattern matching no targeted parameter is a ConfigError."""
+    params = targeted_params(model, targets)
+    factors = {name: 1.0 for name in params}
+    for pattern, f in scales.items():
+        f = _check_factor(f"{key}[{pattern!r}]", f)
+        hit = [name for name in params if _matches(pattern, name)]
+        if not hit and strict:
+            tops = sorted({n.split(".")[0] for n in params})
+            raise ConfigError(f"{key}: pattern {pattern!r} matches no parameter selected by targets={list(targets)}; "
+                              f"module names look like {tops} or 'layer1.0.conv1' (fnmatch globs)")
+        for name in hit:
+            factors[name] *= f
+    return factors
+
+
+def kappa_profile(cfg: InitConfig) -> Dict[str, float]:
+    """{stage: factor} of the relative-scale preset."""
+    s = len(STAGES)
+    if cfg.profile == "geometric":
+        return {st: cfg.kappa ** (1 - j / (s - 1)) for j, st in enumerate(STAGES)}
+    k = STAGES.index(cfg.split)
+    return {st: (cfg.kappa if j < k else 1.0) for j, st in enumerate(STAGES)}
+
+
+def resolve_layer_factors(model: nn.Module, cfg: InitConfig) -> Dict[str, float]:
+    """{param name: init factor} for the parameters selected by ``cfg.targets``."""
+    validate_init_config(cfg)
+    targets = cfg.targets
+    stage_patterns = {"stem": ("conv1", "bn1")}
+    preset: Dict[str, float] = {}
+    for st, f in kappa_profile(cfg).items():
+        for pat in stage_patterns.get(st, (st,)):
+            preset[pat] = f
+    factors = resolve_factors(model, {"*": cfg.scale}, targets, "init.scale", strict=False)
+    for extra in (resolve_factors(model, preset, targets, "init.kappa", strict=False),
+                  resolve_factors(model, dict(cfg.layer_scales), targets, "init.layer_scales")):
+        for name, f in extra.items():
+            factors[name] *= f
+    return factors
+
+
+@torch.no_grad()
+def _multiply(model: nn.Module, factors: Mapping[str, float]) -> None:
+    params = dict(model.named_parameters())
+    for name, f in factors.items():
+        if f != 1.0:
+            params[name].mul_(f)
+
+
+def apply_init_scaling(model: nn.Module, cfg: InitConfig) -> Dict[str, float]:
+    """Multiply the (default-initialised) model's parameters in place; return the factors used."""
+    factors = resolve_layer_factors(model, cfg)
+    _multiply(model, factors)
+    return factors
+
+
+def apply_rescale(model: nn.Module, s: float = 1.0, layer_rescale: Mapping[str, float] | None = None,
+                  targets: Sequence[str] = TARGETS) -> Dict[str, float]:
+    """LL's post-PT rescaling: targeted parameters times ``s`` times the matching ``layer_rescale``
+    factors (in place; buffers untouched). Return the factors used."""
+    targets = _check_targets("ft.rescale_targets", targets)
+    factors = resolve_factors(model, {"*": _check_factor("ft.rescale", s)}, targets, "ft.rescale", strict=False)
+    for name, f in resolve_factors(model, dict(layer_rescale or {}), targets, "ft.layer_rescale").items():
+        factors[name] *= f
+    _multiply(model, factors)
+    return factors
+
+
+def prepare_finetune_model(model: nn.Module, ft_cfg: FTConfig, n_ft_classes: int) -> nn.Module:
+    """Apply ``ft_cfg`` to a pretrained model in place (rescale, layer_rescale, head); return it.
+
+    ``head=new``: a fresh ``n_ft_classes``-way head (default init from torch's RNG) times gamma.
+    ``head=reuse``: the pretrained head is kept; it must have >= ``n_ft_classes`` outputs and the FT
+    labels must be the FT classes' original indices (``Split.y_orig``)."""
+    validate_ft_config(ft_cfg)
+    if not isinstance(n_ft_classes, int) or n_ft_classes < 2:
+        raise ConfigError(f"n_ft_classes={n_ft_classes!r} must be an integer >= 2")
+    apply_rescale(model, ft_cfg.rescale, ft_cfg.layer_rescale, ft_cfg.rescale_targets)
+    if ft_cfg.head == "new":
+        head = new_head(model, n_ft_classes)
+        with torch.no_grad():
+            for p in head.parameters():
+                p.mul_(ft_cfg.readout_scale)
+    elif model.fc.out_features < n_ft_classes:
+        raise ConfigError(f"ft.head=reuse: the pretrained head has {model.fc.out_features} outputs, "
+                          f"fewer than the {n_ft_classes} FT classes; use ft.head=new")
+    return model
