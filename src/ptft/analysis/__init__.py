@@ -1,0 +1,1 @@
+"""Analysis: aggregation of run results into tidy tables (`aggregate`), and the figures."""
