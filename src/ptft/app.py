@@ -69,6 +69,23 @@ def store_root(cfg: DictConfig) -> Path:
     return root if root.is_absolute() else launch_cwd() / root
 
 
+def record_run_dir(path: Path) -> None:
+    """Inside a Hydra job: append the run directory to <job output dir>/run_dir.txt (read by
+    ptft-aggregate to link a sweep job to its run, also when the job is killed later)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:
+        return
+    from ptft.train.store import atomic_write_text
+
+    ptr = out / "run_dir.txt"
+    lines = ptr.read_text().splitlines() if ptr.exists() else []
+    if str(Path(path).resolve()) not in lines:
+        atomic_write_text(ptr, "".join(ln + "\n" for ln in [*lines, str(Path(path).resolve())]))
+
+
 def fail(msg: str) -> None:
     print(f"ptft: error: {msg}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -82,10 +99,15 @@ def entry(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[
 
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
+            from ptft.train.trainer import Preempted
+
             try:
                 return fn(cfg)
             except ConfigError as e:
                 fail(str(e))
+            except Preempted as e:
+                print(f"ptft: {e}; rerun the same command to resume", file=sys.stderr, flush=True)
+                sys.exit(128 + e.signum)
 
         return hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
 

@@ -105,14 +105,16 @@ def _is_run_dir(d: Path) -> bool:
     return (d / CONFIG).is_file() and d.name != ".hydra"
 
 
-def _pointed_run(job_dir: Path, submitit_runs: dict[int, Path]) -> Optional[Path]:
-    """The run directory a Hydra job directory points to: its run_dir.txt, else the submitit log."""
+def _pointed_runs(job_dir: Path, submitit_runs: dict[int, Path]) -> list[Path]:
+    """The run directories a Hydra job directory points to: its run_dir.txt (one line per run the
+    job made), else the submitit log."""
     ptr = job_dir / POINTER
     if ptr.is_file():
-        text = ptr.read_text().strip()
-        if text:
-            return Path(text) if os.path.isabs(text) else job_dir / text
-    return submitit_runs.get(int(job_dir.name)) if job_dir.name.isdigit() else None
+        lines = [ln.strip() for ln in ptr.read_text().splitlines() if ln.strip()]
+        if lines:
+            return [Path(t) if os.path.isabs(t) else job_dir / t for t in lines]
+    run = submitit_runs.get(int(job_dir.name)) if job_dir.name.isdigit() else None
+    return [run] if run is not None else []
 
 
 def _submitit_runs(sweep_dir: Path) -> dict[int, Path]:
@@ -218,14 +220,15 @@ def collect(paths: Sequence[str | Path] | str | Path) -> list[dict[str, Any]]:
         for job in jobs:
             if job.parent not in sweeps:
                 sweeps[job.parent] = _submitit_runs(job.parent)
-            run = _pointed_run(job, sweeps[job.parent])
+            runs = [r for r in _pointed_runs(job, sweeps[job.parent]) if _is_run_dir(r)]
             cfg = _read_yaml(job / ".hydra" / "config.yaml")
-            if run is None or not _is_run_dir(run):
-                run = by_config.match(cfg, _job_store(job, cfg))
-            if run is not None and _is_run_dir(run):
+            if not runs:
+                match = by_config.match(cfg, _job_store(job, cfg))
+                runs = [match] if match is not None and _is_run_dir(match) else []
+            for run in runs:
                 add_run(run, job)
-            else:  # failed before it had a run directory: list it with its Hydra config
-                rows.append({"stage": "", "run_hash": "", "member": "", "run_dir": str(run or ""),
+            if not runs:  # failed before it had a run directory: list it with its Hydra config
+                rows.append({"stage": "", "run_hash": "", "member": "", "run_dir": "",
                              "job_dir": str(job), **config_columns(cfg), "status": INCOMPLETE})
         for found in sweeps.values():  # runs named in logs but not matched to a job dir
             for run in found.values():

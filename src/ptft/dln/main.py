@@ -116,6 +116,7 @@ def run_job(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
     """Run (or skip, or resume) one `ptft-dln` job; returns its run directory and result."""
     validate(cfg)
     run = RunDir(app.store_root(cfg), "dln", scientific(cfg))
+    app.record_run_dir(run.path)
     if run.finished and not cfg.force:
         print(f"[ptft] finished run found, not training again (force=true reruns): {run.path}", flush=True)
         return run, run.load_result()

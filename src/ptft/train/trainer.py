@@ -13,7 +13,7 @@ Stopping rules, per member:
 * max_steps / max_epochs: the budget ran out.
 
 Checkpoints (tensors and plain containers only, loaded with weights_only=True) are written every
-`ckpt_every_s` seconds and when SIGTERM or SIGUSR1 arrives (at the next step boundary; a handler
+`ckpt_every_s` seconds and when SIGTERM, SIGUSR1 or SIGUSR2 (submitit) arrives (at the next step boundary; a handler
 that was installed before, e.g. submitit's, is then called). Resuming from a checkpoint gives the
 same result, bit for bit on CPU, as an uninterrupted run: all randomness of a task must be a
 function of (its seed, the epoch), never of global RNG state.
@@ -21,6 +21,7 @@ function of (its seed, the epoch), never of global RNG state.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -85,15 +86,27 @@ class Preempted(Exception):
         self.signum = signum
 
 
+def _watched_signals() -> tuple[int, ...]:
+    """SIGTERM (scancel, requeue, preemption), SIGUSR1 (SLURM --signal) and submitit's own signal
+    before a time limit (SIGUSR2 unless $SUBMITIT_PREEMPT_SIGNAL names another)."""
+    sigs = [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2]
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "").upper()
+    if name:
+        s = getattr(signal, name if name.startswith("SIG") else "SIG" + name, None)
+        if s is not None and s not in sigs:
+            sigs.append(s)
+    return tuple(sigs)
+
+
 class _Signals:
-    """Record SIGTERM/SIGUSR1; the loop checkpoints at the next step boundary."""
+    """Record SIGTERM/SIGUSR1/SIGUSR2; the loop checkpoints at the next step boundary."""
 
     def __init__(self) -> None:
         self.pending: Optional[int] = None
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_Signals":
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        for s in _watched_signals():
             try:
                 self.previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not in the main thread: no signal handling

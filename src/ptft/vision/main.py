@@ -69,9 +69,11 @@ def _train(task: VisionTask, tcfg: VisionTrainConfig, run: RunDir, resolved: dic
 # pretraining
 # ------------------------------------------------------------------------------------------------
 def _pretrain_run(cfg: DictConfig, data: Any, model: Any, init: Any, train: Any, seed: int, *, force: bool,
-                  resolved: dict, name: str) -> tuple[RunDir, dict[str, Any]]:
+                  resolved: dict, name: str, record: bool = False) -> tuple[RunDir, dict[str, Any]]:
     """Find or train one pretrained model (under its lock); `cfg` gives runtime/store/wandb."""
     run = RunDir(app.store_root(cfg), "pretrain", pretrain_identity(data, model, init, train, seed))
+    if record:
+        app.record_run_dir(run.path)
     if run.finished and not force:
         print(f"[ptft] pretrained model found: {run.path}", flush=True)
         return run, run.load_result()
@@ -114,6 +116,7 @@ def run_pretrain(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
     """One `ptft-pretrain` job (skip if finished, resume if killed)."""
     validate_pretrain(cfg)
     return _pretrain_run(cfg, cfg.data, cfg.model, cfg.init, cfg.train, int(cfg.seed), force=bool(cfg.force),
+                         record=True,
                          resolved=OmegaConf.to_container(cfg, resolve=True), name=app.overrides_name())
 
 
@@ -155,6 +158,7 @@ def _finetune_one(cfg: DictConfig, task_data: TaskData, pt_cache: dict, name: st
     mode = cfg.ft.mode
     pt_hash, pt_state, pt_res = _pretrained_state(cfg, pt_cache) if mode == "finetune" else (None, None, None)
     run = RunDir(app.store_root(cfg), "finetune", finetune_identity(cfg, pt_hash))
+    app.record_run_dir(run.path)
     if run.finished and not cfg.force:
         print(f"[ptft] finished run found, not training again (force=true reruns): {run.path}", flush=True)
         return run, run.load_result()
