@@ -78,3 +78,17 @@ def test_invariant_drift_shrinks_with_the_learning_rate(tmp_path):
     # drift ~ lr * integral of g^2 dt along the flow: ten times smaller steps, about ten times less drift
     print("c drift at lr 0.5 and 0.05:", drifts)
     assert drifts[1] < drifts[0] / 5
+
+
+def test_written_out_gradient_matches_autograd():
+    from ptft.dln.task import _MSE
+
+    rng = np.random.default_rng(3)
+    B, n, D = 3, 7, 11
+    X = torch.as_tensor(rng.normal(size=(B, n, D)))
+    y = torch.as_tensor(rng.normal(size=(B, n)))
+    ws = [torch.as_tensor(rng.normal(size=(B, D)), dtype=torch.float64).requires_grad_(True) for _ in range(4)]
+    assert torch.autograd.gradcheck(lambda *w: _MSE.apply(*w, X, y), ws)
+    wp, wm, vp, vm = ws
+    ref = ((torch.einsum("bnd,bd->bn", X, vp * wp - vm * wm) - y) ** 2).mean(1)
+    assert torch.allclose(_MSE.apply(*ws, X, y), ref, rtol=1e-14)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from ptft.analysis.panels import SCALES, SIM_ALPHAS, unique_curves
+from ptft.analysis.panels import PANELS, SCALES, SIM_ALPHAS, curve_config
 
 CONFIG_KEYS = ["rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega"]
 
@@ -46,9 +46,26 @@ def ci95(x: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out: Path | None = None) -> list[dict]:
+def jobs_for(panels: str) -> list[tuple[dict, float]]:
+    """(curve, alpha) pairs of the given panels, panel by panel, each only once."""
+    seen, jobs = set(), []
+    for p in panels:
+        if p not in PANELS:
+            raise ValueError(f"unknown panel {p!r}; choose from {''.join(PANELS)}")
+        for c in PANELS[p][1]:
+            cfg = curve_config(c)
+            for a in SIM_ALPHAS[::-1]:
+                key = (tuple(sorted(cfg.items())), float(a))
+                if key not in seen:
+                    seen.add(key)
+                    jobs.append((cfg, float(a)))
+    return jobs
+
+
+def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out: Path | None = None,
+             panels: str = "".join(PANELS)) -> list[dict]:
     sc = SCALES[scale]
-    jobs = [(curve, float(a)) for a in SIM_ALPHAS[::-1] for curve in unique_curves()]
+    jobs = jobs_for(panels)
     rows = []
     t0 = time.time()
     ctx = get_context("spawn")
@@ -80,11 +97,14 @@ def main() -> None:
     ap.add_argument("--store", default="runs", help="run store root (finished jobs are skipped)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--panels", default="".join(PANELS), help="which panels to simulate, e.g. acf (default all)")
     ap.add_argument("--out", type=Path, default=None, help="CSV (default results/dln_sims_<scale>.csv)")
     a = ap.parse_args()
     if a.workers < 1:
         ap.error("--workers must be >= 1")
-    simulate(a.scale, a.store, a.workers, a.device, a.out or Path(f"results/dln_sims_{a.scale}.csv"))
+    if any(p not in PANELS for p in a.panels):
+        ap.error(f"--panels takes letters from {''.join(PANELS)}")
+    simulate(a.scale, a.store, a.workers, a.device, a.out or Path(f"results/dln_sims_{a.scale}.csv"), a.panels)
 
 
 if __name__ == "__main__":
