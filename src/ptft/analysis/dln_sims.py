@@ -82,14 +82,23 @@ def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out:
                          "status": res["status"], "steps_max": max(m["steps"] for m in members)})
             print(f"[{i}/{len(jobs)} {time.time() - t0:7.0f}s] alpha={alpha:.3f} {curve} -> {err.mean():.4g} "
                   f"({res['status']})", flush=True)
+            if out is not None:  # rewritten after every job: an interrupted driver leaves a usable table
+                write_csv(rows, out)
     rows.sort(key=lambda r: tuple(r[k] for k in CONFIG_KEYS) + (r["alpha"],))
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
     return rows
+
+
+def write_csv(rows: list[dict], out: Path) -> None:
+    import io
+
+    from ptft.train.store import atomic_write_text
+
+    rows = sorted(rows, key=lambda r: tuple(r[k] for k in CONFIG_KEYS) + (r["alpha"],))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out, buf.getvalue())
 
 
 def main() -> None:
