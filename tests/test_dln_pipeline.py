@@ -180,3 +180,18 @@ def test_wandb_disabled_writes_nothing(tmp_path, cli):
     cli("ptft-dln", "dln.dim=80", cwd=tmp_path, env={"WANDB_MODE": "disabled"}, check=True)
     assert not list(tmp_path.rglob("wandb"))
     assert not list(tmp_path.rglob("offline-run-*"))
+
+
+def test_lr_cap_keeps_a_large_readout_scale_stable(tmp_path):
+    # gamma = 10 puts c_FT = 50 on every coordinate: at n = 6 the paper's lr 0.5 is far above the
+    # stability limit n / (2 c sigma_max^2) and gradient descent diverges; the cap makes it converge
+    _, raw = run_job(compose(tmp_path, "dln.gamma=10", "dln.alpha=0.05"))
+    assert raw["status"] == "diverged"
+    _, capped = run_job(compose(tmp_path, "dln.gamma=10", "dln.alpha=0.05", "dln.lr_cap=true"))
+    assert capped["status"] == "ok"
+    # lazy regime III: the l2 min-norm interpolator, error close to 1 - alpha (up to finite-D noise)
+    assert 0.5 < capped["param_mse"] < 1.5
+    # without gamma the cap is inactive (lr 0.5 is stable) and the run is the same
+    _, a = run_job(compose(tmp_path))
+    _, b = run_job(compose(tmp_path, "dln.lr_cap=true"))
+    assert a["steps"] == b["steps"] and a["test_mse"] == b["test_mse"]

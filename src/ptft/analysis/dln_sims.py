@@ -25,7 +25,9 @@ CONFIG_KEYS = ["rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega"]
 
 
 def job_overrides(curve: dict, alpha: float, dim: int, seeds: int, store: str, device: str = "cpu") -> list[str]:
-    return [f"dln.{k}={v}" for k, v in curve.items()] + [
+    # a large readout scale (gamma = 10: c_FT >= 50) makes lr 0.5 unstable at small n: cap the step there
+    cap = ["dln.lr_cap=true"] if curve.get("gamma", 0.0) >= 5 else []
+    return [f"dln.{k}={v}" for k, v in curve.items()] + cap + [
         f"dln.alpha={alpha}", f"dln.dim={dim}", f"dln.seeds={list(range(seeds))}", f"store.root={store}",
         "wandb.mode=disabled", "name=dln_sims", f"device={device}"]
 

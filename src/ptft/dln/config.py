@@ -27,6 +27,7 @@ class DLNConfig:
     pt: str = "exact"           # exact: PT end state in closed form | train: gradient descent on PT data
     alpha_pt: float = 2.0       # n_PT / D when pt=train
     seeds: Optional[List[int]] = None  # several seeds as one batched job (overrides `seed`)
+    lr_cap: bool = False        # cap each member's step at its stability limit (see DLNTask.stable_lr)
 
 
 @dataclass

@@ -39,6 +39,8 @@ def scientific(cfg: DictConfig) -> dict[str, Any]:
     """The keys that define a run's numbers (its identity in the run store)."""
     d = OmegaConf.to_container(cfg.dln, resolve=True)
     d.pop("seeds")
+    if not d["lr_cap"]:
+        d.pop("lr_cap")  # keeps the identity of runs made before the knob existed
     if d["pt"] == "exact":
         d.pop("alpha_pt")
     tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k not in NON_SCIENTIFIC_TRAIN}
@@ -140,6 +142,8 @@ def run_job(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
             pt_info = {"pt_status": [STATUS.get(s, s) for s in st["status"]], "pt_steps": list(st["steps"])}
         start = start_state(d, members, pt_states)
         task = DLNTask([m.X for m in members], [m.y for m in members], start, cfg.device)
+        if d.lr_cap:
+            task.cap_lr(cfg.train.lr)
         ckpt = run.file("checkpoint.pt")
         resolved = OmegaConf.to_container(cfg, resolve=True)
         with progress(total=cfg.train.max_steps, desc=f"dln {run.hash}", unit="step") as bar:

@@ -106,6 +106,20 @@ class DLNTask:
     def parameters(self) -> list[torch.Tensor]:
         return list(self.w.values())
 
+    def stable_lr(self) -> torch.Tensor:
+        """Per member, 1 / (largest Hessian eigenvalue in parameter space at the start) =
+        n / (4 max_i c_i sigma_max(X)^2): gradient descent diverges above twice this step. With
+        w+ = w-, v+ = v- the Jacobian of beta_i has squared norm 2 c_i and the MSE's Hessian in beta
+        is (2/n) X^T X."""
+        w = self.w
+        c = (w["wp"] * w["wm"] + w["vp"] * w["vm"]).detach().abs().amax(dim=1)
+        s2 = torch.linalg.matrix_norm(self.X, ord=2) ** 2
+        return self.X.shape[1] / (4.0 * c * s2)
+
+    def cap_lr(self, lr: float) -> None:
+        """Scale each member's step to min(lr, stable_lr) (the trainer multiplies updates by lr_scale)."""
+        self.lr_scale = torch.clamp(self.stable_lr() / lr, max=1.0)
+
     def beta(self) -> torch.Tensor:
         w = self.w
         return w["vp"] * w["wp"] - w["vm"] * w["wm"]

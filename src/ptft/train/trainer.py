@@ -70,7 +70,7 @@ class Task(Protocol):
     n_members: int
     full_batch: bool
 
-    def parameters(self) -> list[torch.Tensor]: ...
+    def parameters(self) -> list[torch.Tensor]: ...      # optional attribute lr_scale: (B,) step multipliers
     def batches(self, epoch: int) -> Iterable[Any]: ...
     def loss(self, batch: Any) -> torch.Tensor: ...          # shape (n_members,)
     def evaluate(self) -> dict[str, torch.Tensor]: ...       # each (n_members,)
@@ -190,6 +190,9 @@ class Trainer:
 
     def _update(self, active_f: torch.Tensor) -> None:
         lr, mom = self.cfg.lr, self.cfg.momentum
+        scale = getattr(self.task, "lr_scale", None)  # optional per-member step multiplier, shape (B,)
+        if scale is not None:
+            active_f = active_f * scale.to(active_f)
         with torch.no_grad():
             for i, p in enumerate(self.params):
                 g = p.grad
