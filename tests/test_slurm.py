@@ -193,7 +193,8 @@ def _interrupt_and_compare(env: dict, tmp_path: Path, interrupt, relaunch_on_rac
     it while it trains; the job must be requeued, resume from its checkpoint, and end with
     exactly the twin's result (CPU, same config). Returns whether the job resumed from a
     checkpoint (ckpt_every_s=0: only one written on the signal) rather than from scratch."""
-    cfg = [*LONG, "train.max_steps=60000", "train.ckpt_every_s=0", "wandb.mode=disabled", "seed=7"]
+    # long enough (~30 s) that the job cannot finish within SLURM's KillWait after the signal
+    cfg = [*LONG, "train.max_steps=250000", "train.ckpt_every_s=0", "wandb.mode=disabled", "seed=7"]
     base = subprocess.Popen([str(PTFT_DLN), *cfg, f"store.root={tmp_path / 'base'}"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     store, sweep = tmp_path / "slurm", tmp_path / "sweep"
@@ -206,7 +207,7 @@ def _interrupt_and_compare(env: dict, tmp_path: Path, interrupt, relaunch_on_rac
         # a requeued job waits ~2 min (BeginTime) before it may start again; release it now
         wait_until(lambda: slurm_state(env, job) == "PENDING", 60, "the requeued job to be pending")
         sh(env, "scontrol", "update", f"jobid={job}", "StartTime=now")
-        rc = p.wait(timeout=180)
+        rc = p.wait(timeout=300)
         log = read_log(p)
         if rc != 0 and relaunch_on_race and "(state: FAILED)" in log:
             # submitit race: the job exits right after requeueing itself and the launcher may read
@@ -214,13 +215,13 @@ def _interrupt_and_compare(env: dict, tmp_path: Path, interrupt, relaunch_on_rac
             # recovery is to launch the same command again, which must find the finished run.
             print("launcher saw a transient FAILED after the requeue; relaunching", file=sys.stderr)
             wait_until(lambda: sh(env, "sacct", "-X", "-n", "-P", "-j", job, "-o", "State").strip() == "COMPLETED",
-                       120, "the requeued job to complete")
+                       240, "the requeued job to complete")
             p = launch(env, tmp_path, *cfg, f"store.root={store}", f"hydra.sweep.dir={sweep}")
             rc = p.wait(timeout=120)
             log = read_log(p)
             assert any("finished run found" in f.read_text() for f in sweep.glob(".submitit/*/*_log.out"))
         assert rc == 0, log[-4000:]
-        base_out, _ = base.communicate(timeout=180)
+        base_out, _ = base.communicate(timeout=300)
         assert base.returncode == 0, base_out[-3000:]
     finally:
         for proc in (p, base):

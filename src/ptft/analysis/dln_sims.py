@@ -61,8 +61,14 @@ def jobs_for(panels: str) -> list[tuple[dict, float]]:
                 if key not in seen:
                     seen.add(key)
                     jobs.append((cfg, float(a)))
-    # slowest last: rich (tiny c) fine-tuning onto new features needs ~50x more GD steps than the rest
-    return sorted(jobs, key=lambda j: j[0]["c_pt"] < 1e-4 and j[0]["omega"] < 1)
+    return sorted(jobs, key=lambda j: is_slow(j[0]))
+
+
+def is_slow(curve: dict) -> bool:
+    """Rich fine-tuning onto new features (a tiny c_FT = 2 c (1 + lam) + gamma^2 / 2 off the PT
+    support, omega < 1) needs 10-100x more GD steps than the rest: such jobs run last."""
+    c_off = 2 * curve["c_pt"] * (1 + curve["lam_pt"]) + curve["gamma"] ** 2 / 2
+    return curve["omega"] < 1 and c_off < 1e-4
 
 
 def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out: Path | None = None,
