@@ -34,3 +34,26 @@ def cli():
         return p
 
     return run
+
+
+@pytest.fixture
+def kill9_after_checkpoint():
+    """Start a console script, SIGKILL it once its run has a checkpoint (mid-training), and check that
+    it left a checkpoint and no result: the state a crashed or preempted job leaves behind."""
+    import signal
+    import time
+
+    def run(script, args, run_dir, cwd, timeout=120):
+        e = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen([str(BIN / script), *args], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        deadline = time.time() + timeout
+        while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.4)
+        assert proc.poll() is None, f"{script} finished before it could be killed; make the run longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (run_dir / "result.json").exists() and (run_dir / "checkpoint.pt").exists()
+
+    return run

@@ -1,13 +1,11 @@
 """The `ptft-dln` pipeline end to end: run store, resume, batching, bad input, multirun, wandb."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ptft import ConfigError, app
@@ -124,22 +122,12 @@ def test_cli_defaults_print_run_dir_last(tmp_path, cli):
     assert "not training again" in p2.stdout and p2.stdout.strip().splitlines()[-1] == last
 
 
-def test_kill_minus_9_then_rerun_resumes_bit_identical(tmp_path, cli):
+def test_kill_minus_9_then_rerun_resumes_bit_identical(tmp_path, cli, kill9_after_checkpoint):
     args = ["dln.dim=1500", "dln.alpha=0.3", "wandb.mode=disabled", "train.ckpt_every_s=0.3"]
     ref = cli("ptft-dln", *args, "store.root=ref", cwd=tmp_path, check=True)
     ref_dir = Path(ref.stdout.strip().splitlines()[-1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "ptft-dln"), *args, "store.root=killed"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run_dir = tmp_path / "killed" / "dln" / ref_dir.name
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.4)
-    assert proc.poll() is None, "run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "result.json").exists() and (run_dir / "checkpoint.pt").exists()
+    kill9_after_checkpoint("ptft-dln", [*args, "store.root=killed"], run_dir, tmp_path)
     again = cli("ptft-dln", *args, "store.root=killed", cwd=tmp_path, check=True)
     assert Path(again.stdout.strip().splitlines()[-1]) == run_dir
     assert json.loads((run_dir / "timing.json").read_text())["resumed"] is True
@@ -167,8 +155,8 @@ def test_sigterm_writes_checkpoint_and_exits_then_resumes(tmp_path, cli):
 
 
 def test_multirun_and_offline_wandb_runs(tmp_path, cli):
-    p = cli("ptft-dln", "-m", "dln.lam_pt=-0.99,0,0.99", "dln.omega=0,1", "dln.dim=80", "name=mr",
-            cwd=tmp_path, env={"WANDB_MODE": "offline"}, check=True)
+    cli("ptft-dln", "-m", "dln.lam_pt=-0.99,0,0.99", "dln.omega=0,1", "dln.dim=80", "name=mr",
+        cwd=tmp_path, env={"WANDB_MODE": "offline"}, check=True)
     results = sorted((tmp_path / "runs" / "dln").glob("*/result.json"))
     assert len(results) == 6
     assert all(json.loads(r.read_text())["status"] == "ok" for r in results)

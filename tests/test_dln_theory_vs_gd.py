@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from ptft.dln.task import DLNTask, member_data, start_state
 from ptft.dln.theory import implicit_bias_solution, k_finetune

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -141,22 +139,12 @@ def test_identity_ignores_logging_and_runtime_keys(data_root, store):
 # processes: kill/resume, concurrent jobs
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow  # subprocesses (about 4 s of imports each)
-def test_killed_pretraining_resumes_bit_identical(data_root, tmp_path, cli):
+def test_killed_pretraining_resumes_bit_identical(data_root, tmp_path, cli, kill9_after_checkpoint):
     args = [*pt_args(data_root, tmp_path / "ref"), "train.ckpt_every_s=0.2"]
     ref_run, ref = run_pretrain(app.compose("pretrain", args))
     kill_args = [*pt_args(data_root, tmp_path / "killed"), "train.ckpt_every_s=0.2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([str(BIN / "ptft-pretrain"), *kill_args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run_dir = tmp_path / "killed" / "pretrain" / ref_run.hash
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert proc.poll() is None, "pretraining finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "result.json").exists() and (run_dir / "checkpoint.pt").exists()
+    kill9_after_checkpoint("ptft-pretrain", kill_args, run_dir, tmp_path)
     again = cli("ptft-pretrain", *kill_args, cwd=tmp_path, check=True)
     assert Path(again.stdout.strip().splitlines()[-1]) == run_dir
     assert json.loads((run_dir / "timing.json").read_text())["resumed"] is True

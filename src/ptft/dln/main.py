@@ -9,9 +9,7 @@ A finished run is not trained again (force=true reruns it); a killed run resumes
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -49,7 +49,6 @@ def pt_end_state(beta_pt, c, lam) -> DLNState:
     c = np.asarray(c, dtype=np.float64)
     lam_abs = np.asarray(lam, dtype=np.float64) * c
     b, c, lam_abs = np.broadcast_arrays(b, c, lam_abs)
-    out = [np.empty_like(b) for _ in range(4)]
     B = np.arcsinh(b / c)
     # lambda = 0: w+ = v+ = a, w- = v- = c / (2a), a^2 = (b + sqrt(b^2 + c^2)) / 2
     # written as a^2 = c^2 / (2 (sqrt(b^2 + c^2) - b)) for b < 0 to avoid cancellation.
