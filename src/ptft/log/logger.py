@@ -69,12 +69,12 @@ def _clean(v: Any) -> Any:
 class Logger:
     def __init__(self, run_dir: Path, config: dict[str, Any], wandb_cfg: WandbConfig, *, stage: str,
                  group: str, name: str, resume_step: Optional[int] = None):
+        self.mode = resolve_mode(wandb_cfg.mode)  # before anything is written
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._truncate(resume_step)
         self._fh = open(self.metrics_path, "a")
-        self.mode = resolve_mode(wandb_cfg.mode)
         self._wandb = None
         if self.mode != "disabled":
             os.environ["WANDB_MODE"] = self.mode
