@@ -22,6 +22,8 @@ def gd_solution(lam, gamma, *, lr, mode="ptft", dim=60, alpha=0.3, c=1e-3, thres
                         omega=omega, a_pt=1.0, noise=0.0)
     m = member_data(d, seed)
     task = DLNTask([m.X], [m.y], start_state(d, [m]))
+    if gamma >= 5:  # c_FT >= gamma^2 / 2: lr 0.5 is above the stability limit at this n (dln.lr_cap)
+        task.cap_lr(lr)
     out = Trainer(task, TrainConfig(lr=lr, threshold=threshold, max_steps=5_000_000, log_every=10**9)).run()
     assert out["status"] == ["converged"]
     return task.beta().detach().numpy()[0], m
