@@ -183,14 +183,27 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def _mask(self, p: torch.Tensor, active_f: torch.Tensor) -> torch.Tensor:
-        B = self.task.n_members
-        if B == 1:
-            return active_f.reshape(())
-        return active_f.reshape((B,) + (1,) * (p.dim() - 1))
+        return active_f.reshape((self.task.n_members,) + (1,) * (p.dim() - 1))
 
     def _update(self, active_f: torch.Tensor) -> None:
         lr, mom = self.cfg.lr, self.cfg.momentum
         scale = getattr(self.task, "lr_scale", None)  # optional per-member step multiplier, shape (B,)
+        if self.task.n_members == 1:
+            # one member (e.g. a ResNet): the step size is a host number, so the whole update is a few
+            # fused multi-tensor kernels (no per-parameter launches, no host sync)
+            step = lr * float(self.active[0]) * (1.0 if scale is None else float(scale[0]))
+            idx = [i for i, p in enumerate(self.params) if p.grad is not None]
+            with torch.no_grad():
+                params, grads = [self.params[i] for i in idx], [self.params[i].grad for i in idx]
+                if mom > 0:
+                    bufs = [self.bufs[i] for i in idx]
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, grads)
+                    grads = bufs
+                torch._foreach_add_(params, grads, alpha=-step)
+            for p in params:
+                p.grad = None
+            return
         if scale is not None:
             active_f = active_f * scale.to(active_f)
         with torch.no_grad():
@@ -202,8 +215,7 @@ class Trainer:
                     buf = self.bufs[i]
                     buf.mul_(mom).add_(g)
                     g = buf
-                m = self._mask(p, active_f)
-                p.sub_(g * (m * lr) if m.dim() else g * (lr * m))
+                p.sub_(g * (self._mask(p, active_f) * lr))
                 p.grad = None
 
     def _finish_member(self, mask: torch.Tensor, status: str) -> None:
