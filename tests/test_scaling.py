@@ -9,7 +9,7 @@ import torch
 
 from ptft import ConfigError
 from ptft.vision.models import build_model, stage_of
-from ptft.vision.scaling import (FTConfig, InitConfig, apply_init_scaling, apply_rescale, prepare_finetune_model,
+from ptft.pipeline.knobs import (FTConfig, InitConfig, apply_init_scaling, apply_rescale, prepare_finetune_model,
                                  resolve_layer_factors, targeted_params)
 
 torch.set_num_threads(1)

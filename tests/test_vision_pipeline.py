@@ -13,7 +13,7 @@ import torch
 
 from ptft import ConfigError, app
 from ptft.vision import synthetic
-from ptft.vision.main import expand_runs, run_finetune, run_pretrain
+from ptft.pipeline.main import expand_runs, run_finetune, run_pretrain
 from ptft.vision.task import PAD, VisionTask, augment_batch
 
 PT_EPOCHS = 6
@@ -40,7 +40,7 @@ def common(root: Path, store: Path) -> list[str]:
 
 
 def pt_args(root: Path, store: Path) -> list[str]:
-    return [*common(root, store), f"train.max_epochs={PT_EPOCHS}", "train.lr=0.05"]
+    return [*common(root, store), f"pretrain.train.max_epochs={PT_EPOCHS}", "pretrain.train.lr=0.05"]
 
 
 def ft_args(root: Path, store: Path) -> list[str]:
@@ -124,12 +124,13 @@ def test_identity_ignores_logging_and_runtime_keys(data_root, store):
     base = app.compose("finetune", ft_args(data_root, store))
     other = app.compose("finetune", [*ft_args(data_root, store), "name=x", "train.log_every=3",
                                      "runtime.eval_batch=7", "wandb.project=p"])
-    from ptft.vision.config import finetune_identity, pretrain_identity
+    from ptft.pipeline.config import finetune_identity, pretrain_identity, validate
 
-    assert finetune_identity(base, "h") == finetune_identity(other, "h")
+    tr = validate(base)
+    assert finetune_identity(tr, base, "h") == finetune_identity(tr, other, "h")
     changed = app.compose("finetune", [*ft_args(data_root, store), "ft.rescale=0.5"])
-    assert finetune_identity(changed, "h") != finetune_identity(base, "h")
-    pt = [pretrain_identity(c.data, c.model, c.init, c.pretrain.train, c.pretrain.seed) for c in (base, changed)]
+    assert finetune_identity(tr, changed, "h") != finetune_identity(tr, base, "h")
+    pt = [pretrain_identity(tr, c) for c in (base, changed)]
     assert pt[0] == pt[1]  # FT knobs never change which pretrained model is used
     assert len(expand_runs(app.compose("finetune", [*ft_args(data_root, store), "runs.n_ft=[5,6]",
                                                     "runs.seeds=[0,1,2]"]))) == 6
@@ -140,9 +141,9 @@ def test_identity_ignores_logging_and_runtime_keys(data_root, store):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow  # subprocesses (about 4 s of imports each)
 def test_killed_pretraining_resumes_bit_identical(data_root, tmp_path, cli, kill9_after_checkpoint):
-    args = [*pt_args(data_root, tmp_path / "ref"), "train.ckpt_every_s=0.2"]
+    args = [*pt_args(data_root, tmp_path / "ref"), "pretrain.train.ckpt_every_s=0.2"]
     ref_run, ref = run_pretrain(app.compose("pretrain", args))
-    kill_args = [*pt_args(data_root, tmp_path / "killed"), "train.ckpt_every_s=0.2"]
+    kill_args = [*pt_args(data_root, tmp_path / "killed"), "pretrain.train.ckpt_every_s=0.2"]
     run_dir = tmp_path / "killed" / "pretrain" / ref_run.hash
     kill9_after_checkpoint("ptft-pretrain", kill_args, run_dir, tmp_path)
     again = cli("ptft-pretrain", *kill_args, cwd=tmp_path, check=True)
@@ -192,7 +193,8 @@ def test_bad_finetune_values_fail_before_compute_and_write_nothing(data_root, tm
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("override,key", [("train.batch_size=0", "train.batch_size"), ("seed=-1", "seed"),
+@pytest.mark.parametrize("override,key", [("pretrain.train.batch_size=0", "pretrain.train.batch_size"),
+                                          ("pretrain.seed=-1", "pretrain.seed"),
                                           ("runtime.eval_batch=0", "runtime.eval_batch")])
 def test_bad_pretrain_values(data_root, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -218,7 +220,7 @@ def test_cli_schema_rejects_unknown_keys_and_types(tmp_path, cli, override, need
 
 
 def test_every_preset_composes_and_validates():
-    from ptft.vision.config import validate_finetune
+    from ptft.pipeline.config import validate
 
     names = sorted(p.stem for p in (app.conf_dir() / "experiment").glob("*.yaml")
                    if p.read_text().find("ptft-finetune") >= 0)
@@ -226,7 +228,7 @@ def test_every_preset_composes_and_validates():
             "demo_synthetic"} <= set(names) and any(n.startswith("svhn_") for n in names)
     for n in names:
         cfg = app.compose("finetune", [f"experiment={n}", "seed=7"])
-        validate_finetune(cfg)
+        validate(cfg)
         assert cfg.name == n
         if n != "demo_synthetic":
             assert cfg.data.split_seed == 7 and cfg.pretrain.seed == 7  # per seed its own split and PT (LL)

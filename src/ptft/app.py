@@ -38,10 +38,10 @@ if not OmegaConf.has_resolver("ptft_uid"):
     OmegaConf.register_new_resolver("ptft_uid", lambda: _UID, use_cache=True)
 
 
-def register(name: str, node: Any) -> None:
+def register(name: str, node: Any, group: Optional[str] = None) -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name=name, node=node)
+    ConfigStore.instance().store(name=name, node=node, group=group)
 
 
 def overrides_name() -> str:

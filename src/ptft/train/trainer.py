@@ -21,12 +21,13 @@ function of (its seed, the epoch), never of global RNG state.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, List, Optional, Protocol
 
 import torch
 
@@ -49,9 +50,38 @@ class TrainConfig:
     ckpt_every_s: float = 60.0     # seconds between checkpoints (<= 0: only on signals)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class OptimTrainConfig(TrainConfig):
+    """TrainConfig plus the torch.optim optimiser of a single-model task (not the DLN's batched members).
+
+    sgd: torch.optim.SGD(lr, momentum, weight_decay); adamw: torch.optim.AdamW(lr, betas, weight_decay).
+    warmup_steps > 0: the learning rate ramps linearly, lr * min(1, (step + 1) / warmup_steps)."""
+
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+
+
 def validate_train(cfg: TrainConfig) -> None:
-    if not cfg.lr > 0:
-        raise ConfigError(f"train.lr={cfg.lr} must be > 0")
+    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"train.lr={cfg.lr} must be a finite number > 0")
+    opt = getattr(cfg, "optimizer", "sgd")
+    if opt not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={opt!r} must be one of {list(OPTIMIZERS)}")
+    wd = getattr(cfg, "weight_decay", 0.0)
+    if not (math.isfinite(wd) and wd >= 0):
+        raise ConfigError(f"train.weight_decay={wd} must be a finite number >= 0")
+    betas = list(getattr(cfg, "betas", [0.9, 0.999]))
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"train.betas={betas} must be two numbers in [0, 1)")
+    if getattr(cfg, "warmup_steps", 0) < 0:
+        raise ConfigError(f"train.warmup_steps={cfg.warmup_steps} must be >= 0")
+    if opt == "adamw" and cfg.momentum != 0:
+        raise ConfigError(f"train.momentum={cfg.momentum} is SGD's; AdamW uses train.betas")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"train.momentum={cfg.momentum} must be in [0, 1)")
     if not cfg.threshold >= 0:
@@ -141,7 +171,11 @@ class Trainer:
         self.task, self.cfg, self.ckpt_path, self._log, self.bar = task, cfg, checkpoint, log, bar
         self.params = task.parameters()
         B = task.n_members
-        self.bufs = [torch.zeros_like(p) for p in self.params] if cfg.momentum > 0 else []
+        self.opt, self.sched = make_optimizer(self.params, cfg, getattr(task, "lr_scale", None)) if B == 1 \
+            else (None, None)
+        if B > 1 and getattr(cfg, "optimizer", "sgd") != "sgd":
+            raise ConfigError(f"train.optimizer={cfg.optimizer!r}: batched members train with the masked SGD update")
+        self.bufs = [torch.zeros_like(p) for p in self.params] if cfg.momentum > 0 and B > 1 else []
         self.epoch = 0
         self.step = 0
         self.steps = torch.zeros(B, dtype=torch.long)
@@ -154,7 +188,9 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"task": self.task.state_dict(), "bufs": self.bufs, "epoch": self.epoch, "step": self.step,
+        opt = {} if self.opt is None else {"optim": self.opt.state_dict(),
+                                           "sched": None if self.sched is None else self.sched.state_dict()}
+        return {"task": self.task.state_dict(), "bufs": self.bufs, **opt, "epoch": self.epoch, "step": self.step,
                 "steps": self.steps, "active": self.active, "status": list(self.status),
                 "last_loss": self.last_loss, "ep_sum": self.ep_sum.cpu(), "n_batches": self.n_batches}
 
@@ -174,6 +210,10 @@ class Trainer:
         self.task.load_state_dict(st["task"])
         for b, v in zip(self.bufs, st["bufs"]):
             b.copy_(v)
+        if self.opt is not None and "optim" in st:
+            self.opt.load_state_dict(st["optim"])
+            if self.sched is not None and st.get("sched") is not None:
+                self.sched.load_state_dict(st["sched"])
         self.epoch, self.step = int(st["epoch"]), int(st["step"])
         self.steps, self.active = st["steps"], st["active"]
         self._active_dev = None
@@ -188,21 +228,11 @@ class Trainer:
     def _update(self, active_f: torch.Tensor) -> None:
         lr, mom = self.cfg.lr, self.cfg.momentum
         scale = getattr(self.task, "lr_scale", None)  # optional per-member step multiplier, shape (B,)
-        if self.task.n_members == 1:
-            # one member (e.g. a ResNet): the step size is a host number, so the whole update is a few
-            # fused multi-tensor kernels (no per-parameter launches, no host sync)
-            step = lr * float(self.active[0]) * (1.0 if scale is None else float(scale[0]))
-            idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-            with torch.no_grad():
-                params, grads = [self.params[i] for i in idx], [self.params[i].grad for i in idx]
-                if mom > 0:
-                    bufs = [self.bufs[i] for i in idx]
-                    torch._foreach_mul_(bufs, mom)
-                    torch._foreach_add_(bufs, grads)
-                    grads = bufs
-                torch._foreach_add_(params, grads, alpha=-step)
-            for p in params:
-                p.grad = None
+        if self.opt is not None:  # one model (e.g. a ResNet, a Transformer): torch.optim, foreach kernels
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            if self.sched is not None:
+                self.sched.step()
             return
         if scale is not None:
             active_f = active_f * scale.to(active_f)
@@ -307,6 +337,30 @@ class Trainer:
         self._log_row()
         return {"status": list(self.status), "steps": self.steps.tolist(), "epochs": self.epoch,
                 "train_loss": self.last_loss.tolist()}
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that is a stable function of the integer parts (e.g. (seed, epoch))."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig, lr_scale: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.optim.Optimizer, Optional[torch.optim.lr_scheduler.LambdaLR]]:
+    """The torch.optim optimiser (and warm-up schedule) of a single-model task; see OptimTrainConfig.
+
+    SGD with foreach kernels reproduces the suite's former hand-written fused update bit for bit."""
+    lr = float(cfg.lr) * (1.0 if lr_scale is None else float(lr_scale.reshape(-1)[0]))
+    wd = float(getattr(cfg, "weight_decay", 0.0))
+    if getattr(cfg, "optimizer", "sgd") == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(getattr(cfg, "betas")),
+                                                       weight_decay=wd, foreach=True)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=float(cfg.momentum), weight_decay=wd, foreach=True)
+    warm = int(getattr(cfg, "warmup_steps", 0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm)) if warm > 0 else None
+    return opt, sched
 
 
 def _means(metrics: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ptft import ConfigError
+from ptft.pipeline.track import Split, TaskData
 from ptft.vision.synthetic import MARKER, NUM_CLASSES, dataset_files, read_marker, sha256_file
 
 __all__ = ["DataConfig", "Split", "TaskData", "validate_data_config", "split_classes", "load_split",
@@ -61,30 +62,6 @@ class DataConfig:
     ft_balanced: bool = False  # False: LL's pooled draw; True: n_ft // K per class
     sample_seed: Optional[int] = None  # seed of the FT (and PT) image draws; None: from split_seed
     n_pt: Optional[int] = None  # PT training images (pooled draw); None: all
-
-
-@dataclass
-class Split:
-    """One stage's images: ``x`` uint8 (N, 3, 32, 32), ``y`` int64 in 0..K-1, ``y_orig`` original labels."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    y_orig: torch.Tensor
-    classes: List[int]  # classes[k] = original label of stage label k
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
-@dataclass
-class TaskData:
-    pt_train: Split
-    pt_test: Split
-    ft_train: Split
-    ft_test: Split
-    num_classes_total: int  # classes in the dataset (100 or 10): LL's PT head size
-    pt_classes: List[int] = field(default_factory=list)
-    ft_classes: List[int] = field(default_factory=list)
 
 
 def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -25,7 +25,18 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")  # in forward or
 
 
 class ScalableResNet18(ResNet):
-    """torchvision ResNet-18 with a channel-width knob and a choice of stem."""
+    """torchvision ResNet-18 with a channel-width knob and a choice of stem (stages: see ptft.pipeline.knobs)."""
+
+    STAGES = STAGES
+    STAGE_MODULES = {"stem": ("conv1", "bn1")}
+    HEAD = "fc"
+    DEFAULT_SPLIT = "layer3"
+
+    def reset_head(self, num_classes: int) -> nn.Linear:
+        return new_head(self, num_classes)
+
+    def head_outputs(self) -> int:
+        return int(self.fc.out_features)
 
     def __init__(self, num_classes: int, width: int = 64, stem: str = "imagenet") -> None:
         nn.Module.__init__(self)

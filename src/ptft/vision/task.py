@@ -17,29 +17,14 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptft.train.trainer import derived_seed
 from ptft.vision.data import normalize
 
 PAD = 4  # augmentation: random crop from the 4-pixel zero-padded image (as the usual CIFAR recipe)
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed that is a stable function of the integer parts (e.g. (seed, epoch))."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
-
-
-def resolve_device(name: str) -> torch.device:
-    from ptft import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"runtime.device={name} but torch sees no CUDA device; use runtime.device=cpu or auto")
-    return torch.device(name)
 
 
 def augment_batch(x: torch.Tensor, flip: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -137,12 +122,3 @@ class VisionTask:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state)
-
-
-def model_bytes(model: nn.Module) -> bytes:
-    """A model's state_dict (CPU tensors) serialised for `torch.load(..., weights_only=True)`."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    return buf.getvalue()

@@ -1,26 +1,37 @@
-"""The paper's initialisation knobs on a ResNet, and the post-pretraining rescalings (LL).
+"""The paper's initialisation knobs and the post-pretraining rescalings, for any model with named stages.
+
+A model plugs in by declaring its stages (class attributes):
+
+- ``STAGES``: stage names in forward order (ResNet: stem, layer1..layer4, fc; Transformer: embed, pos,
+  attn, mlp, unembed);
+- ``STAGE_MODULES``: {stage: module-name patterns} where a stage is not one top-level module
+  (ResNet: ``stem`` = ``conv1`` + ``bn1``); other stages are the module of the same name;
+- ``HEAD``: the readout module's name (``fc`` / ``unembed``) and ``DEFAULT_SPLIT``: the first stage that
+  does NOT get kappa by default (ResNet: layer3; Transformer: mlp, so embed, pos and attn get kappa);
+- ``reset_head(n)``: replace the readout by a freshly (default-)initialised one with n outputs.
 
 Before pretraining (:class:`InitConfig`, applied to the default init by :func:`apply_init_scaling`),
 every targeted parameter is multiplied by the PRODUCT of
 
 - ``scale`` (the absolute scale c; all layers),
 - the relative-scale preset with ``kappa``:
-  ``profile=split``: every stage before ``split`` gets ``kappa`` (``split=layer3``: conv1, bn1,
-  layer1, layer2); ``profile=geometric``: stage j of the S=6 stages (stem, layer1..layer4, fc)
-  gets ``kappa ** (1 - j / (S - 1))``, i.e. the stem kappa, the head 1, geometric in between,
+  ``profile=split``: every stage before ``split`` gets ``kappa`` (null: the model's DEFAULT_SPLIT);
+  ``profile=geometric``: stage j of the S stages gets ``kappa ** (1 - j / (S - 1))``, i.e. the first
+  stage kappa, the head 1, geometric in between,
 - every ``layer_scales`` entry whose glob pattern matches the parameter (see "Matching").
 
 After pretraining (:class:`FTConfig`, :func:`prepare_finetune_model`), in this order:
 ``rescale`` s (LL: every parameter times s; parameters only, BatchNorm running statistics are
 buffers and are left alone), ``layer_rescale`` (pattern -> factor, multiplied in), then the head:
-``head=new`` replaces ``fc`` by a fresh ``nn.Linear`` for the FT classes whose default init
-(weight and bias) is multiplied by ``readout_scale`` gamma; ``head=reuse`` keeps the pretrained
-head (LL's 100-way head; fine-tune on original labels, ``Split.y_orig``).
+``head=new`` replaces the head by a fresh one for the FT classes whose default init is multiplied by
+``readout_scale`` gamma; ``head=reuse`` keeps the pretrained head (LL's 100-way head; fine-tune on
+original labels, ``Split.y_orig``).
 
 Targets (which parameters a factor touches; ``InitConfig.targets`` / ``FTConfig.rescale_targets``):
-``weight`` = weights of Conv/Linear layers, ``bias`` = biases of Conv/Linear layers (ResNet-18:
-only fc has one), ``bn`` = BatchNorm affine weight and bias. Note: a conv weight followed by
-BatchNorm does not change the network's function when scaled (BN divides the scale out); it
+``bn`` = the affine weight and bias of normalisation layers (BatchNorm, LayerNorm, GroupNorm);
+of every other parameter, ``weight`` = those with >= 2 dimensions or named ``weight`` (conv, linear,
+embedding and position matrices), ``bias`` = the other 1-dimensional ones (biases). Note: a conv weight
+followed by BatchNorm does not change the network's function when scaled (BN divides the scale out); it
 changes the training dynamics (the effective learning rate of that weight goes as 1/factor^2).
 Scaling ``bn`` (and the head) changes the function itself.
 
@@ -36,13 +47,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ptft import ConfigError
-from ptft.vision.models import STAGES, new_head
 
 TARGETS = ("weight", "bias", "bn")
 PROFILES = ("split", "geometric")
@@ -56,7 +66,7 @@ class InitConfig:
     scale: float = 1.0  # absolute scale c, all targeted parameters
     kappa: float = 1.0  # relative scale of the early layers (kappa < 1 ~ lt < 0 in the DLN)
     profile: str = "split"  # split | geometric
-    split: str = "layer3"  # profile=split: stages before this one get kappa
+    split: Optional[str] = None  # profile=split: stages before this one get kappa (null: the model's default)
     layer_scales: Dict[str, float] = field(default_factory=dict)  # glob pattern -> factor
     targets: List[str] = field(default_factory=lambda: ["weight"])  # of: weight, bias, bn
 
@@ -86,14 +96,14 @@ def _check_targets(key: str, targets: Sequence[str]) -> List[str]:
     return targets
 
 
-def validate_init_config(cfg: InitConfig) -> None:
-    """Checks that need no model."""
+def validate_init_config(cfg: InitConfig, stages: Optional[Sequence[str]] = None) -> None:
+    """Checks that need no model (``stages``: the model's stage names, when known)."""
     _check_factor("init.scale", cfg.scale)
     _check_factor("init.kappa", cfg.kappa)
     if cfg.profile not in PROFILES:
         raise ConfigError(f"init.profile={cfg.profile!r} must be one of {list(PROFILES)}")
-    if cfg.profile == "split" and cfg.split not in STAGES[1:]:
-        raise ConfigError(f"init.split={cfg.split!r} must be one of {list(STAGES[1:])} "
+    if cfg.profile == "split" and stages is not None and cfg.split is not None and cfg.split not in stages[1:]:
+        raise ConfigError(f"init.split={cfg.split!r} must be one of {list(stages[1:])} "
                           f"(the first stage that does NOT get kappa)")
     for pat, f in dict(cfg.layer_scales).items():
         _check_factor(f"init.layer_scales[{pat!r}]", f)
@@ -111,18 +121,21 @@ def validate_ft_config(cfg: FTConfig) -> None:
         raise ConfigError(f"ft.head={cfg.head!r} must be one of {list(HEADS)}")
     if cfg.head == "reuse" and cfg.readout_scale != 1.0:
         raise ConfigError(f"ft.readout_scale={cfg.readout_scale} applies to a new head only; with ft.head=reuse "
-                          f"scale the pretrained head with ft.layer_rescale={{fc: {cfg.readout_scale}}}")
+                          f"scale the pretrained head with ft.layer_rescale (e.g. {{fc: {cfg.readout_scale}}})")
+
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
 def targeted_params(model: nn.Module, targets: Sequence[str]) -> Dict[str, nn.Parameter]:
     """{name: parameter} of the parameters that ``targets`` selects (see module docstring)."""
     out: Dict[str, nn.Parameter] = {}
     for mname, module in model.named_modules():
-        is_bn = isinstance(module, nn.modules.batchnorm._NormBase)
-        is_wb = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+        is_norm = isinstance(module, NORMS)
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
-            if (is_bn and "bn" in targets) or (is_wb and pname in targets):
+            kind = "bn" if is_norm else ("weight" if p.dim() >= 2 or pname == "weight" else "bias")
+            if kind in targets:
                 out[full] = p
     return out
 
@@ -151,23 +164,23 @@ def resolve_factors(model: nn.Module, scales: Mapping[str, float], targets: Sequ
     return factors
 
 
-def kappa_profile(cfg: InitConfig) -> Dict[str, float]:
-    """{stage: factor} of the relative-scale preset."""
-    s = len(STAGES)
+def kappa_profile(cfg: InitConfig, stages: Sequence[str], default_split: str) -> Dict[str, float]:
+    """{stage: factor} of the relative-scale preset over the model's ``stages``."""
+    s = len(stages)
     if cfg.profile == "geometric":
-        return {st: cfg.kappa ** (1 - j / (s - 1)) for j, st in enumerate(STAGES)}
-    k = STAGES.index(cfg.split)
-    return {st: (cfg.kappa if j < k else 1.0) for j, st in enumerate(STAGES)}
+        return {st: cfg.kappa ** (1 - j / (s - 1)) for j, st in enumerate(stages)}
+    k = list(stages).index(cfg.split or default_split)
+    return {st: (cfg.kappa if j < k else 1.0) for j, st in enumerate(stages)}
 
 
 def resolve_layer_factors(model: nn.Module, cfg: InitConfig) -> Dict[str, float]:
     """{param name: init factor} for the parameters selected by ``cfg.targets``."""
-    validate_init_config(cfg)
+    stages = model.STAGES
+    validate_init_config(cfg, stages)
     targets = cfg.targets
-    stage_patterns = {"stem": ("conv1", "bn1")}
     preset: Dict[str, float] = {}
-    for st, f in kappa_profile(cfg).items():
-        for pat in stage_patterns.get(st, (st,)):
+    for st, f in kappa_profile(cfg, stages, model.DEFAULT_SPLIT).items():
+        for pat in model.STAGE_MODULES.get(st, (st,)):
             preset[pat] = f
     factors = resolve_factors(model, {"*": cfg.scale}, targets, "init.scale", strict=False)
     for extra in (resolve_factors(model, preset, targets, "init.kappa", strict=False),
@@ -215,11 +228,11 @@ def prepare_finetune_model(model: nn.Module, ft_cfg: FTConfig, n_ft_classes: int
         raise ConfigError(f"n_ft_classes={n_ft_classes!r} must be an integer >= 2")
     apply_rescale(model, ft_cfg.rescale, ft_cfg.layer_rescale, ft_cfg.rescale_targets)
     if ft_cfg.head == "new":
-        head = new_head(model, n_ft_classes)
+        head = model.reset_head(n_ft_classes)
         with torch.no_grad():
             for p in head.parameters():
                 p.mul_(ft_cfg.readout_scale)
-    elif model.fc.out_features < n_ft_classes:
-        raise ConfigError(f"ft.head=reuse: the pretrained head has {model.fc.out_features} outputs, "
+    elif model.head_outputs() < n_ft_classes:
+        raise ConfigError(f"ft.head=reuse: the pretrained head has {model.head_outputs()} outputs, "
                           f"fewer than the {n_ft_classes} FT classes; use ft.head=new")
     return model
