@@ -260,7 +260,7 @@ def generate(root: str | Path, fmt: str, n_train_per_class: int = 100, n_test_pe
              seed: int = 0, noise: float = 1.0, max_shift: int = 8, distractors: int = 0) -> dict[str, str]:
     """Write a synthetic dataset in format ``fmt`` under ``root``; return {relpath: sha256}."""
     root = Path(root)
-    files = dataset_files(fmt)
+    dataset_files(fmt)  # validates fmt
     for key, v in (("n_train_per_class", n_train_per_class), ("n_test_per_class", n_test_per_class)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{key}={v!r} must be an integer >= 1")
@@ -270,34 +270,43 @@ def generate(root: str | Path, fmt: str, n_train_per_class: int = 100, n_test_pe
         raise ConfigError(f"max_shift={max_shift!r} must be an integer in 0..16")
     if not isinstance(distractors, (int, np.integer)) or not 0 <= distractors <= 16:
         raise ConfigError(f"distractors={distractors!r} must be an integer in 0..16")
+    group_size = 5 if fmt == "cifar100" else 1
+    xtr, ytr, xte, yte = make_images(NUM_CLASSES[fmt], n_train_per_class, n_test_per_class, seed, group_size,
+                                     noise, max_shift, distractors)
+    if fmt == "cifar100":
+        write = lambda: _write_cifar100(root, xtr, ytr, xte, yte, group_size)  # noqa: E731
+    else:
+        write = lambda: _write_svhn(root, xtr, ytr, xte, yte)  # noqa: E731
+    return write_registered(root, fmt, write, {
+        "generator": "ptft-data synthetic",
+        "seed": seed, "n_train_per_class": n_train_per_class, "n_test_per_class": n_test_per_class,
+        "noise": noise, "max_shift": max_shift, "distractors": distractors,
+    })
+
+
+def write_registered(root: str | Path, fmt: str, write: Callable[[], None], info: dict[str, Any]) -> dict[str, str]:
+    """Write the files of format ``fmt`` under ``root`` with ``write()`` and record their sha256s (plus
+    ``info``) in the marker, which is written last; return {relpath: sha256}. Refuses to overwrite a
+    file the marker does not list (possibly real data)."""
+    root = Path(root)
+    files = dataset_files(fmt)
     marker = read_marker(root)
     known = marker.get("formats", {}).get(fmt, {}).get("files", {})
     for rel in files:
         if (root / rel).exists() and rel not in known:
-            raise ConfigError(f"{root / rel} exists and was not written by `ptft-data synthetic`: "
+            raise ConfigError(f"{root / rel} exists and was not written by `ptft-data`: "
                               f"refusing to overwrite (possibly real data); choose another --root")
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--root {root} exists and is not a directory")
-    group_size = 5 if fmt == "cifar100" else 1
-    xtr, ytr, xte, yte = make_images(NUM_CLASSES[fmt], n_train_per_class, n_test_per_class, seed, group_size,
-                                     noise, max_shift, distractors)
     # Forget the old entry first: a crash mid-write must not leave stale hashes that "verify".
     marker.setdefault("formats", {}).pop(fmt, None)
     if marker["formats"]:
         _atomic_write(root / MARKER, lambda p: Path(p).write_text(json.dumps(marker, indent=1)))
     elif (root / MARKER).exists():
         (root / MARKER).unlink()
-    if fmt == "cifar100":
-        _write_cifar100(root, xtr, ytr, xte, yte, group_size)
-    else:
-        _write_svhn(root, xtr, ytr, xte, yte)
+    write()
     hashes = {rel: sha256_file(root / rel) for rel in files}
-    marker["formats"][fmt] = {
-        "files": hashes,
-        "generator": "ptft-data synthetic",
-        "seed": seed, "n_train_per_class": n_train_per_class, "n_test_per_class": n_test_per_class,
-        "noise": noise, "max_shift": max_shift, "distractors": distractors,
-    }
+    marker["formats"][fmt] = {"files": hashes, **info}
     _atomic_write(root / MARKER, lambda p: Path(p).write_text(json.dumps(marker, indent=1)))
     return hashes
 
@@ -316,7 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     syn.add_argument("--max-shift", type=int, default=8, help="largest random translation in pixels")
     syn.add_argument("--distractors", type=int, default=0,
                      help="random class-independent features added to every image (harder fine-tuning)")
+    dig = sub.add_parser("digits", help="write scikit-learn's handwritten digits as an SVHN-format set")
+    dig.add_argument("--root", required=True, help="dataset root (the value of data.root, with data.name=svhn)")
     args = parser.parse_args(argv)
+    if args.command == "digits":
+        from ptft.vision.digits import main_digits
+        return main_digits(args.root)
     try:
         hashes = generate(args.root, args.format, args.n_train_per_class, args.n_test_per_class, args.seed,
                           args.noise, args.max_shift, args.distractors)
