@@ -40,6 +40,9 @@ class Positions(nn.Module):
         super().__init__()
         self.weight = _normal(n_ctx, d_model, std=1 / math.sqrt(d_model))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight
+
 
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int):
@@ -86,6 +89,7 @@ class ArithTransformer(nn.Module):
     STAGE_MODULES: dict = {}
     HEAD = "unembed"
     DEFAULT_SPLIT = "mlp"  # embed, pos, attn get kappa
+    DIAG_OUTPUTS: dict = {}
 
     def __init__(self, d_vocab: int, n_out: int, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512):
         super().__init__()
@@ -97,7 +101,7 @@ class ArithTransformer(nn.Module):
         self.unembed = Unembed(d_model, n_out, d_vocab)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.pos.weight
+        x = self.pos(self.embed(tokens))
         r = x[:, -1] + self.attn(x)
         return self.unembed(r + self.mlp(r))
 

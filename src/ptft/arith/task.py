@@ -25,6 +25,9 @@ class ArithTask:
     def parameters(self) -> list[torch.Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
     def batches(self, epoch: int) -> Iterator[Any]:
         yield None
 

@@ -66,6 +66,7 @@ class Runtime:
     compile: bool = False    # torch.compile the model (first compile: 20-45 s)
     amp: bool = True         # bf16 autocast on CUDA (no effect on CPU)
     eval_batch: int = 1024   # examples per evaluation batch
+    diagnostics: bool = True  # per-stage movement / CKA / participation ratio of every fine-tuning (result.json)
 
 
 @dataclass

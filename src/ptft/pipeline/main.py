@@ -35,7 +35,7 @@ from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
 from ptft.train.trainer import Trainer, derived_seed
 
 STATUS = {"converged": "ok"}  # trainer status -> result status (diverged, max_epochs stay as they are)
-MODEL = "model.pt"
+MODEL, START = "model.pt", "start.pt"
 _INIT, _HEAD = 0x1417, 0x4EAD  # seed streams: model init, new head
 GROK = 0.95                    # steps_to_95: first evaluated step with test accuracy >= this
 
@@ -57,9 +57,11 @@ def model_bytes(model: torch.nn.Module) -> bytes:
     return buf.getvalue()
 
 
-def param_norm(model: torch.nn.Module) -> float:
-    with torch.no_grad():
-        return float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in model.parameters())))
+def state_norm(state: dict) -> float:
+    """Euclidean norm of all floating-point entries of a state dict except BatchNorm running statistics."""
+    skip = ("running_mean", "running_var", "num_batches_tracked")
+    return float(torch.sqrt(sum((v.detach().double() ** 2).sum() for k, v in state.items()
+                                if v.is_floating_point() and not k.endswith(skip))))
 
 
 def steps_to(run: RunDir, key: str = "eval/test_acc", level: float = GROK) -> Optional[int]:
@@ -76,36 +78,56 @@ def steps_to(run: RunDir, key: str = "eval/test_acc", level: float = GROK) -> Op
 
 
 def _train(task: Any, tcfg: Any, run: RunDir, resolved: dict, wandb_cfg: Any, *, stage: str, group: str,
-           name: str) -> dict[str, Any]:
-    """Train `task` with checkpoint/resume in `run`, logging to metrics.jsonl + wandb; returns the result."""
+           name: str, diagnose: bool = False) -> dict[str, Any]:
+    """Train `task` with checkpoint/resume in `run`, logging to metrics.jsonl + wandb; returns the result.
+
+    The model's state at the start of training is kept in start.pt until the run finishes, so a resumed run
+    reports the same start norm and (diagnose=True) the same per-stage diagnostics."""
     with progress(desc=f"{stage} {run.hash}", unit="step") as bar:
         trainer = Trainer(task, tcfg, checkpoint=run.file("checkpoint.pt"), bar=bar)
-        norm0 = param_norm(task.model)
+        start = task.state_dict()
         resumed = trainer.try_resume()
+        if resumed:
+            start = torch.load(run.file(START), map_location="cpu", weights_only=True)
+        else:
+            atomic_write_bytes(run.file(START), model_bytes(task.model))
         with Logger(run.path, resolved, wandb_cfg, stage=stage, group=group, name=name,
                     resume_step=trainer.step if resumed else None) as logger:
             trainer._log = logger.log
-            if resumed:  # the norm at the start of training, as an uninterrupted run records it
-                norm0 = float(json.loads(run.file("start.json").read_text())["param_norm_start"])
-            else:
-                atomic_write_json(run.file("start.json"), {"param_norm_start": norm0})
             out = trainer.run()
             metrics = {k: float(v[0]) for k, v in task.evaluate().items()}
             logger.log(trainer.step, {f"final/{k}": v for k, v in metrics.items()})
-            result = {"status": STATUS.get(out["status"][0], out["status"][0]), "epochs": out["epochs"],
+            status = STATUS.get(out["status"][0], out["status"][0])
+            if tcfg.threshold == 0 and status in ("max_steps", "max_epochs"):
+                status = "ok"  # no stopping rule: the budget IS the recipe (e.g. modular arithmetic)
+            result = {"status": status, "epochs": out["epochs"],
                       "steps": int(out["steps"][0]), "train_loss": float(out["train_loss"][0]), **metrics,
-                      "param_norm_start": norm0, "param_norm_end": param_norm(task.model)}
-            logger.finish()
-            result["steps_to_95"] = steps_to(run) if tcfg.eval_every else None
+                      "param_norm_start": state_norm(start), "param_norm_end": state_norm(task.model.state_dict()),
+                      "steps_to_95": steps_to(run) if tcfg.eval_every else None, "resumed": resumed}
+            if diagnose:
+                diag = _diagnostics(task, start)
+                logger.log(trainer.step, diag)
+                result.update(diag)
             logger.summary(result)
-    return {**result, "resumed": resumed}
+    return result
 
 
-def _finish(run: RunDir, result: dict, t0: float, resumed: bool) -> None:
+def _diagnostics(task: Any, start: dict) -> dict[str, float]:
+    """Per-stage movement, CKA and participation ratio of a fine-tuning (ptft.analysis.diagnostics)."""
+    from ptft.analysis.diagnostics import diagnostics
+
+    net = task.model
+    stages = {s: list(getattr(net, "STAGE_MODULES", {}).get(s, (s,))) for s in net.STAGES}
+    return diagnostics(start, net, stages, task.x_test, outputs=getattr(net, "DIAG_OUTPUTS", None),
+                       prep=task.prepare)
+
+
+def _finish(run: RunDir, result: dict, t0: float) -> None:
+    resumed = result.pop("resumed")
     run.write_result(result)
     atomic_write_json(run.file("timing.json"), {"wall_s": time.time() - t0, "resumed": resumed})
     run.file("checkpoint.pt").unlink(missing_ok=True)
-    run.file("start.json").unlink(missing_ok=True)
+    run.file(START).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,12 +166,11 @@ def _pretrain_run(cfg: DictConfig, track: Any, *, force: bool, name: str, record
         tcfg = train_config(cfg.pretrain.train)
         tcfg.batch_size = track.batch_size(tcfg, len(pt)) if tcfg.batch_size else tcfg.batch_size
         task = track.make_task(net, pt, pte, y_orig=True, tcfg=tcfg, seed=seed, device=device, runtime=cfg.runtime)
-        out = _train(task, tcfg, run, resolved, cfg.wandb, stage="pretrain", group=str(cfg.name), name=name)
-        result = {k: v for k, v in out.items() if k != "resumed"}
+        result = _train(task, tcfg, run, resolved, cfg.wandb, stage="pretrain", group=str(cfg.name), name=name)
         result.update(n_train=len(pt), n_test=len(pte), classes=task_data.pt_classes, head=task_data.num_classes_total,
                       device=str(device), amp=bool(getattr(task, "amp", False)), compile=bool(cfg.runtime.compile))
         atomic_write_bytes(run.file(MODEL), model_bytes(task.model))
-        _finish(run, result, t0, out["resumed"])
+        _finish(run, result, t0)
     return run, result
 
 
@@ -235,15 +256,15 @@ def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, n
         tcfg.batch_size = track.batch_size(tcfg, len(ft))
         task = track.make_task(net, ft, te, y_orig=cfg.ft.head == "reuse", tcfg=tcfg, seed=seed, device=device,
                                runtime=cfg.runtime)
-        out = _train(task, tcfg, run, resolved, cfg.wandb, stage="finetune" if mode == "finetune" else "stl",
-                     group=str(cfg.name), name=f"{name},n_ft={len(ft)},seed={seed}")
-        result = {k: v for k, v in out.items() if k != "resumed"}
+        result = _train(task, tcfg, run, resolved, cfg.wandb, stage="finetune" if mode == "finetune" else "stl",
+                        group=str(cfg.name), name=f"{name},n_ft={len(ft)},seed={seed}",
+                        diagnose=bool(cfg.runtime.diagnostics))
         result.update(mode=mode, n_ft=len(ft), seed=seed, n_test=len(te), batch_size=tcfg.batch_size,
                       pretrain=pt_hash, pt_status=pt_res["status"] if pt_res else None,
                       pt_test_acc=pt_res.get("test_acc") if pt_res else None,
                       rescale=float(cfg.ft.rescale), readout_scale=float(cfg.ft.readout_scale), head=cfg.ft.head,
                       device=str(device), amp=bool(getattr(task, "amp", False)))
-        _finish(run, result, t0, out["resumed"])
+        _finish(run, result, t0)
     return run, result
 
 

@@ -31,6 +31,7 @@ class ScalableResNet18(ResNet):
     STAGE_MODULES = {"stem": ("conv1", "bn1")}
     HEAD = "fc"
     DEFAULT_SPLIT = "layer3"
+    DIAG_OUTPUTS = {"stem": "maxpool"}  # the stem's representation: after its ReLU (+ max-pool)
 
     def reset_head(self, num_classes: int) -> nn.Linear:
         return new_head(self, num_classes)

@@ -76,6 +76,10 @@ class VisionTask:
             yield (idx, None if flip is None else flip[i:i + self.batch_size],
                    None if shift is None else shift[i:i + self.batch_size])
 
+    def prepare(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """Stored test inputs -> model inputs (the diagnostics feed the test images through this)."""
+        return self._inputs(x_u8)
+
     def _inputs(self, x_u8: torch.Tensor) -> torch.Tensor:
         x = normalize(x_u8)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
