@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ptft.vision import digits, synthetic
-from ptft.vision.config import data_fingerprint
+from ptft.vision.track import data_fingerprint
 from ptft.vision.data import DataConfig, load_split, load_task
 
 torch.set_num_threads(1)

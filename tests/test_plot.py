@@ -188,7 +188,7 @@ def test_real_store_and_sweep(tmp_path: Path, capsys):
     cmd = ["experiment=demo_synthetic", "data.root=data", "store.root=store", "model.width=4",
            "pretrain.train.max_epochs=1", "train.max_epochs=2", "train.threshold=100", "runs.n_ft=[4,8]",
            "runs.seeds=[0,1]", "wandb.mode=disabled"]
-    main = [sys.executable, "-c", "from ptft.vision.main import finetune_main; finetune_main()"]
+    main = [sys.executable, "-c", "from ptft.pipeline.main import finetune_main; finetune_main()"]
     for args in (["-m", *cmd, "ft.rescale=0.25,1", "hydra.sweep.dir=sweep"],
                  [*cmd, "ft.mode=stl", "hydra.run.dir=stl"]):
         p = subprocess.run(main + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
