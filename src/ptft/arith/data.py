@@ -88,8 +88,8 @@ def n_pairs(op: str, p: int) -> int:
     return p * (p - 1) if op == "div" else p * p
 
 
-def validate(cfg: ModArithConfig) -> None:
-    """Every data check that needs no compute."""
+def validate(cfg: ModArithConfig, check_n_ft: bool = True) -> None:
+    """Every data check that needs no compute (check_n_ft=False: data.n_ft is not used, e.g. pretraining)."""
     if cfg.name != "modarith":
         raise ConfigError(f"data.name={cfg.name!r}: the arithmetic data group is data=modarith "
                           f"(switch datasets with the group syntax data=cifar100|svhn|modarith)")
@@ -111,9 +111,11 @@ def validate(cfg: ModArithConfig) -> None:
     if int(round(f * sum(n_pairs(o, p) for o in ops))) < 1:
         raise ConfigError(f"data.pt_frac={f} leaves no pretraining pair at p={p}")
     avail = n_pairs(cfg.ft_op, p)
-    if not isinstance(cfg.n_ft, int) or isinstance(cfg.n_ft, bool) or cfg.n_ft < 1:
+    if not check_n_ft:
+        pass
+    elif not isinstance(cfg.n_ft, int) or isinstance(cfg.n_ft, bool) or cfg.n_ft < 1:
         raise ConfigError(f"data.n_ft={cfg.n_ft!r} must be an integer >= 1 (FT training pairs)")
-    if cfg.n_ft > avail - 1:
+    elif cfg.n_ft > avail - 1:
         raise ConfigError(f"data.n_ft={cfg.n_ft} is larger than the {avail - 1} pairs available to "
                           f"{cfg.ft_op} at p={p} (one pair at least must be left to test on)")
     for key in ("split_seed", "sample_seed", "perm_seed"):

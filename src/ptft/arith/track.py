@@ -17,7 +17,7 @@ class ArithTrack:
     model_names = ("transformer",)
 
     def validate(self, cfg: Any, stage: str) -> None:
-        D.validate(cfg.data)
+        D.validate(cfg.data, check_n_ft=stage == "finetune" and cfg.runs.n_ft is None)
         validate_model(cfg.model)
         for key in ("train", "pretrain.train"):
             t = cfg.pretrain.train if key == "pretrain.train" else cfg.train
