@@ -1,4 +1,5 @@
 """The shared trainer on small synthetic tasks: stopping rules, batching, checkpoint/resume, signals."""
+import math
 import os
 import signal
 
@@ -155,3 +156,53 @@ def test_bad_train_config(kw, key):
     base.update(kw)
     with pytest.raises(ConfigError, match=key):
         Trainer(LinReg(), TrainConfig(**base))
+
+
+def test_torch_optim_sgd_is_bit_identical_to_the_former_fused_update():
+    """The trainer's single-model step moved to torch.optim.SGD (foreach); vision results must not change:
+    the parameters after several momentum steps equal, bit for bit, those of the hand-written fused update
+    it replaced (buf = momentum * buf + g; p -= lr * buf)."""
+    import torch.nn.functional as F
+
+    from ptft.train.trainer import OptimTrainConfig, make_optimizer
+    from ptft.vision.models import build_model
+
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 3, 32, 32), torch.randint(0, 3, (24,))
+    nets = [build_model("resnet18_cifar", 3, 4) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opt, _ = make_optimizer(list(nets[0].parameters()), OptimTrainConfig(lr=0.05, momentum=0.9, max_steps=1))
+    params = list(nets[1].parameters())
+    bufs = [torch.zeros_like(p) for p in params]
+    for step in range(6):
+        idx = torch.arange(step * 4, step * 4 + 8) % 24
+        for net in nets:
+            F.cross_entropy(net(x[idx]), y[idx]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the former Trainer._update for one member
+            grads = [p.grad for p in params]
+            torch._foreach_mul_(bufs, 0.9)
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-0.05)
+        for p in params:
+            p.grad = None
+    a, b = nets[0].state_dict(), nets[1].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adamw_warmup_and_weight_decay_follow_torch_optim():
+    from ptft.train.trainer import OptimTrainConfig, make_optimizer
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt, sched = make_optimizer([p], OptimTrainConfig(optimizer="adamw", lr=0.1, momentum=0.0, weight_decay=1.0,
+                                                      betas=[0.9, 0.98], warmup_steps=4, max_steps=1))
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        p.grad = torch.zeros(3)
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    # zero gradients: AdamW only decays, p <- p (1 - lr wd) each step
+    assert torch.allclose(p.detach(), torch.full((3,), float(math.prod(1 - lr for lr in lrs))))
