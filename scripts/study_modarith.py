@@ -1,0 +1,137 @@
+"""The CPU knob study of the arithmetic track (issue: Transformers on modular arithmetic; results/README.md).
+
+    python scripts/study_modarith.py --store runs/modarith_study --workers 2      # all jobs, then the figures
+    python scripts/study_modarith.py --store runs/modarith_study --report-only   # figures/CSV from the store
+
+Preset `modarith_cpu` (p = 47, d_model 64, PT on add with 40% of the pairs, AdamW). Fine-tuning pairs:
+`perm_add` (reuses every PT feature, only the readout changes) and `mul` (needs new features). Knobs, one
+at a time around the baseline (kappa = scale = gamma = 1): init.kappa in {0.25, 0.5, 1, 2}, init.scale in
+{0.5, 1, 2}, ft.readout_scale in {0.1, 1, 3}, and STL (no pretraining, default init). Each job is one
+`ptft-finetune` process running every (n_ft, seed) of its setting in-process; a seed's pretraining is found
+by hash in the store (trained by the first job that needs it, under a lock). Jobs that train a new
+pretraining go first, so two workers never wait on each other's lock. Finished runs are skipped: rerunning
+the command resumes an interrupted study.
+
+Outputs (--out, default results/): modarith_study.csv (ptft-aggregate of the store: one row per run,
+pretrainings included), modarith_<knob>.png / .csv / .md (ptft-plot: FT test accuracy vs n_ft, 95% CI over
+seeds, STL dashed, one panel per FT op) and modarith_study_summary.csv (per knob value, op and n_ft:
+mean, 95% CI, seeds; plus PT test accuracy and steps_to_95 per PT setting).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+OPS = ("perm_add", "mul")
+KNOBS = {"init.kappa": (0.25, 0.5, 1, 2), "init.scale": (0.5, 1, 2), "ft.readout_scale": (0.1, 1, 3)}
+
+
+def jobs(n_ft: list[int], seeds: list[int]) -> list[list[str]]:
+    """One argument list per ptft-finetune job; the jobs that pretrain something new come first."""
+    common = ["experiment=modarith_cpu", "name=modarith_study", f"runs.n_ft=[{','.join(map(str, n_ft))}]",
+              f"runs.seeds=[{','.join(map(str, seeds))}]"]
+    settings: list[list[str]] = []
+    for key, vals in KNOBS.items():
+        for v in vals:
+            if v != 1 or key == "init.kappa":  # the baseline (all 1) once
+                settings.append([f"{key}={v}"])
+    settings.append(["ft.mode=stl"])
+    pt_side = [s for s in settings if s[0].startswith("init.")]
+    ft_side = [s for s in settings if not s[0].startswith("init.")]
+    out = [[*common, f"data.ft_op={OPS[0]}", *s] for s in pt_side]          # each trains its pretrainings
+    out += [[*common, f"data.ft_op={op}", *s] for s in pt_side for op in OPS[1:]]
+    out += [[*common, f"data.ft_op={op}", *s] for s in ft_side for op in OPS]
+    return out
+
+
+def run_all(store: Path, workers: int, n_ft: list[int], seeds: list[int], extra: list[str]) -> None:
+    todo = jobs(n_ft, seeds)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
+    t0 = time.time()
+
+    def one(i_args: tuple[int, list[str]]) -> None:
+        i, args = i_args
+        cmd = [str(BIN / "ptft-finetune"), *args, f"store.root={store}", *extra]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        status = "ok" if p.returncode == 0 else f"FAILED ({p.returncode})"
+        print(f"[{time.time() - t0:7.0f} s] job {i + 1}/{len(todo)} {status}: {' '.join(args[4:])}", flush=True)
+        if p.returncode != 0:
+            print(p.stderr[-2000:], file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, enumerate(todo)))
+    print(f"study: {len(todo)} jobs in {time.time() - t0:.0f} s with {workers} workers", flush=True)
+
+
+def report(store: Path, out: Path) -> None:
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from ptft.analysis.aggregate import collect, to_csv
+    from ptft.analysis.plot import main as plot_main
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect([store])
+    to_csv(rows, out / "modarith_study.csv")
+    df = pd.DataFrame(rows)
+    for key, vals in KNOBS.items():
+        where = [a for k in KNOBS if k != key for a in ("--where", f"{k}=1")]
+        plot_main([str(out / "modarith_study.csv"), "--hue", key, "--panel", "data.ft_op", *where,
+                   "--out", str(out / f"modarith_{key.split('.')[-1]}.png")])
+    ft = df[df["stage"] == "finetune"]
+    lines = []
+    for key, vals in [*KNOBS.items(), ("ft.mode", ("stl",))]:
+        for v in vals:
+            sel = ft[ft["ft.mode"] == "stl"] if key == "ft.mode" else ft[(ft["ft.mode"] == "finetune") & np.isclose(
+                ft[key].astype(float), v) & np.all([np.isclose(ft[k].astype(float), 1) for k in KNOBS if k != key],
+                                                   axis=0)]
+            for (op, n), g in sel.groupby(["data.ft_op", "n_ft"]):
+                acc = g.loc[g["status"] == "ok", "test_acc"].astype(float).to_numpy()
+                half = stats.t.ppf(0.975, len(acc) - 1) * acc.std(ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else np.nan
+                lines.append({"knob": key, "value": v, "ft_op": op, "n_ft": int(n), "seeds": len(acc),
+                              "mean": acc.mean(), "ci95": half, "pt_test_acc_mean": g["pt_test_acc"].astype(float).mean()
+                              if key != "ft.mode" else np.nan,
+                              "movement_embed": g["diag/movement/embed"].astype(float).mean(),
+                              "movement_attn": g["diag/movement/attn"].astype(float).mean(),
+                              "movement_mlp": g["diag/movement/mlp"].astype(float).mean(),
+                              "cka_mlp": g["diag/cka/mlp"].astype(float).mean()})
+    summary = pd.DataFrame(lines)
+    pt = df[df["stage"] == "pretrain"]
+    pts = []
+    for key in ("init.kappa", "init.scale"):
+        for v, g in pt.groupby(key):
+            other = [k for k in ("init.kappa", "init.scale") if k != key][0]
+            g = g[np.isclose(g[other].astype(float), 1)]
+            pts.append({"knob": f"PT {key}", "value": v, "ft_op": "add (PT)", "n_ft": 0, "seeds": len(g),
+                        "mean": g["test_acc"].astype(float).mean(),
+                        "ci95": np.nan, "steps_to_95_mean": g["steps_to_95"].astype(float).mean(),
+                        "grokked": int((g["test_acc"].astype(float) >= 0.95).sum())})
+    pd.concat([summary, pd.DataFrame(pts)]).to_csv(out / "modarith_study_summary.csv", index=False,
+                                                   float_format="%.4g")
+    print(f"wrote {out}/modarith_study.csv, modarith_study_summary.csv and the figures", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, default=Path("runs/modarith_study"))
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--n-ft", type=int, nargs="+", default=[50, 100, 200, 400])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="extra ptft-finetune overrides for every job")
+    a = ap.parse_args()
+    if not a.report_only:
+        run_all(a.store.resolve(), a.workers, a.n_ft, a.seeds, a.overrides)
+    report(a.store.resolve(), a.out)
+
+
+if __name__ == "__main__":
+    main()
