@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=Path("runs/modarith_study"))
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--n-ft", type=int, nargs="+", default=[50, 100, 200, 400])
+    ap.add_argument("--n-ft", type=int, nargs="+", default=[100, 200, 400, 800])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="extra ptft-finetune overrides for every job")
