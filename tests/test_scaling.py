@@ -170,3 +170,44 @@ def test_configs_are_hydra_structured() -> None:
     merged = OmegaConf.merge(OmegaConf.structured(InitConfig), {"layer_scales": {"layer1": 0.5}, "kappa": 0.5})
     factors = resolve_layer_factors(_model(), merged)  # a DictConfig works too
     assert factors["layer1.0.conv1.weight"] == 0.25
+
+
+# ---------------------------------------------------------------- BatchNorm recalibration
+def test_recalibrate_bn_recomputes_running_stats_without_touching_parameters() -> None:
+    from ptft.pipeline.knobs import recalibrate_bn
+
+    m = _model(0)
+    apply_rescale(m, 0.25)  # after a strong rescale the PT statistics (here: init's 0 / 1) are stale
+    m.eval()
+    params = {n: p.detach().clone() for n, p in m.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=g)
+    xf = x.float().div(255).sub(0.5).div(0.5)
+    with torch.no_grad():
+        train_out = m.train()(xf)  # batch statistics
+        m.eval()
+        stale = m(xf)
+        stem = m.conv1(xf)  # the first BN's input
+    assert recalibrate_bn(m, x, batch=4) == 20  # 3 equal batches: mean of batch means = overall mean
+    assert not m.training and m.bn1.momentum == 0.1
+    assert all(torch.equal(p, params[n]) for n, p in m.named_parameters())
+    assert torch.allclose(m.bn1.running_mean, stem.mean((0, 2, 3)), atol=1e-6)
+    with torch.no_grad():
+        fresh = m(xf)
+    # eval with recalibrated statistics ~ train-mode output; the stale statistics were far off
+    assert (fresh - train_out).abs().max() < 0.2 * (stale - train_out).abs().max()
+    recalibrate_bn(m, xf, batch=64)  # one batch, float input: exact batch statistics of the stem
+    assert torch.allclose(m.bn1.running_var, stem.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    recalibrate_bn(m, x[:7], batch=3)  # 7 = 3 + 3 + 1 would leave a batch of one: batch grows to 4
+
+
+def test_recalibrate_bn_bad_input_is_one_clear_error() -> None:
+    from ptft.pipeline.knobs import recalibrate_bn
+
+    x = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match="no BatchNorm"):
+        recalibrate_bn(torch.nn.Linear(3, 2), x)
+    with pytest.raises(ConfigError, match=">= 2 inputs"):
+        recalibrate_bn(_model(), x[:1])
+    with pytest.raises(ConfigError, match="batch=1 must be"):
+        recalibrate_bn(_model(), x, batch=1)

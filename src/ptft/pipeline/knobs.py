@@ -236,3 +236,42 @@ def prepare_finetune_model(model: nn.Module, ft_cfg: FTConfig, n_ft_classes: int
         raise ConfigError(f"ft.head=reuse: the pretrained head has {model.head_outputs()} outputs, "
                           f"fewer than the {n_ft_classes} FT classes; use ft.head=new")
     return model
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 128) -> int:
+    """Recompute every BatchNorm's running statistics on the images ``x`` (for ``ft.bn_recalibrate``).
+
+    After a rescale the running statistics are the pretraining's, stale for the rescaled network.
+    This resets them and runs ``x`` through the model in train mode, in batches of ``batch``, with
+    ``momentum=None`` (a cumulative average: the mean over batches of each batch's mean and unbiased
+    variance). uint8 images are normalised as :func:`ptft.vision.data.normalize`; float inputs are
+    used as given. No parameter changes; each layer's momentum and the model's train/eval mode are
+    restored. Returns the number of BatchNorm layers recalibrated."""
+    from ptft.vision.data import normalize
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        raise ConfigError("recalibrate_bn: the model has no BatchNorm layer with running statistics")
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) < 2:
+        raise ConfigError(f"recalibrate_bn: x must be a batch of >= 2 inputs, got "
+                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 2:
+        raise ConfigError(f"recalibrate_bn: batch={batch!r} must be an integer >= 2")
+    while len(x) % batch == 1:
+        batch += 1  # never a last batch of one image (BatchNorm's train mode needs >= 2 values)
+    device = next(model.parameters()).device
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch].to(device)
+            model(normalize(xb) if xb.dtype == torch.uint8 else xb)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+    return len(bns)
