@@ -48,8 +48,7 @@ if [ "$mode" = fetch ]; then
   specs=$("$PY" -c "import importlib.metadata as m, sys; print(' '.join(f'{p}=={m.version(p)}' for p in sys.argv[1:]))" \
           "${HYDRA_PKGS[@]}") || { echo "gpu_check: ${HYDRA_PKGS[*]} must be installed here to pin them" >&2; exit 1; }
   mkdir -p "$WHL"
-  excl=$(git rev-parse --git-path info/exclude 2>/dev/null) && { grep -qx "/$WHL/" "$excl" 2>/dev/null || echo "/$WHL/" >> "$excl"; }
-  echo "gpu_check: building wheels for $specs into $WHL/ (ignored by git; carry it: carry=[\"$WHL\"])"
+  echo "gpu_check: building wheels for $specs into $WHL/ (git ignores it: name it in the device run's carry)"
   "$PY" -m pip wheel -q --no-deps -w "$WHL" $specs || exit 1
   ls -l "$WHL"
   exit 0

@@ -39,13 +39,15 @@ def _train(task: VisionTask, epochs: int, lr: float, momentum: float = 0.0) -> d
 # plain torch
 # ------------------------------------------------------------------------------------------------
 def test_cpu_and_cuda_agree_on_a_short_float32_run():
-    """float32 (amp off, TF32 off), channels_last on CUDA (its default), 2 epochs x 5 steps of SGD lr 0.01:
-    the epoch-mean train loss and the test metrics agree to rel 1e-4, every parameter and BatchNorm
-    statistic to 1e-3 of its tensor's largest entry. (CPU contiguous vs CPU channels_last, the same kind of
-    difference - another summation order - measured below 1e-5 on these settings.)"""
+    """float32 (amp off, TF32 off), channels_last on CUDA (its default), 2 epochs x 5 steps of SGD lr 0.01 on
+    random images: the epoch-mean train loss and the test loss agree to rel 1e-3, and the distance between
+    the two end states (parameters and BatchNorm statistics) is below 1% of the distance training moved them.
+    The same kind of difference on the CPU alone (contiguous vs channels_last: another summation order) was
+    measured at rel 4e-5 (loss) and 0.06% (states) on these settings; the tolerances are ~20x that."""
     x, y = _images(200, 10)
     torch.manual_seed(0)
     net = build_model("resnet18_cifar", 10, 8)
+    s0 = {k: v.clone() for k, v in net.state_dict().items()}
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -53,19 +55,20 @@ def test_cpu_and_cuda_agree_on_a_short_float32_run():
         for dev in ("cpu", "cuda"):
             t = VisionTask(copy.deepcopy(net), x, y, x[:100], y[:100], batch_size=40, seed=3, device=dev, amp=False)
             out[dev], tasks[dev] = _train(t, epochs=2, lr=0.01), t
-        assert not tasks["cpu"].channels_last and tasks["cuda"].channels_last and not tasks["cuda"].amp
-        assert out["cuda"]["steps"] == out["cpu"]["steps"] == [10]
-        assert out["cuda"]["train_loss"][0] == pytest.approx(out["cpu"]["train_loss"][0], rel=1e-4)
         mc, mg = tasks["cpu"].evaluate(), tasks["cuda"].evaluate()
-        assert float(mg["test_loss"]) == pytest.approx(float(mc["test_loss"]), rel=1e-4)
-        assert abs(float(mg["test_acc"]) - float(mc["test_acc"])) <= 0.011  # at most one of 100 flips
-        sc, sg = tasks["cpu"].state_dict(), tasks["cuda"].state_dict()
-        for k, v in sc.items():
-            if v.is_floating_point():
-                scale = float(v.abs().max()) or 1.0
-                assert float((sg[k] - v).abs().max()) <= 1e-3 * scale, k
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert not tasks["cpu"].channels_last and tasks["cuda"].channels_last and not tasks["cuda"].amp
+    assert out["cuda"]["steps"] == out["cpu"]["steps"] == [10]
+    assert out["cuda"]["train_loss"][0] == pytest.approx(out["cpu"]["train_loss"][0], rel=1e-3)
+    assert float(mg["test_loss"]) == pytest.approx(float(mc["test_loss"]), rel=1e-3)
+    sc, sg = tasks["cpu"].state_dict(), tasks["cuda"].state_dict()
+    keys = [k for k, v in sc.items() if v.is_floating_point()]
+    diff = sum(float(((sg[k] - sc[k]).double() ** 2).sum()) for k in keys) ** 0.5
+    moved = sum(float(((sc[k] - s0[k]).double() ** 2).sum()) for k in keys) ** 0.5
+    print(f"CPU vs CUDA: train loss {out['cpu']['train_loss'][0]:.6f} vs {out['cuda']['train_loss'][0]:.6f}, "
+          f"state distance {diff:.3g} = {diff / moved:.2%} of the distance moved ({moved:.3g})")
+    assert diff < 0.01 * moved
 
 
 def _syncs_in_one_epoch(task: VisionTask, trainer: Trainer) -> int:
