@@ -18,7 +18,7 @@
 #   2. bench_vision, batch 128: resnet18 (LL's) width 64 eager (<= 55 s), resnet18_cifar width 64 --compile
 #      (<= 70 s): img/s, TFLOP/s, MFU against a 790 TFLOP/s bf16 peak (what a bf16 matmul reaches on the
 #      H200 we are lent; bench_vision's default is the 989 of the data sheet)
-#   3. bench_dln on CUDA, if scripts/bench_dln.py takes --device                                 (<= 35 s)
+#   3. bench_dln on CUDA at D = 5000 (--no-grid where it has it), if scripts/bench_dln.py takes --device (<= 35 s)
 #   4. a short paper-scale DLN slice on CUDA: D = 5000, 5 seeds batched, alpha 0.255, at most 20000
 #      steps (<= 45 s; a timeout there is reported as such, with the steps it reached)
 # (250 + 55 + 70 + 35 + 45 = 455 s; the overall deadline cuts a step short rather than run past 470 s.)
@@ -138,7 +138,10 @@ if [ "$hydra" != 1 ]; then
   skip "DLN paper-scale slice on CUDA" "needs hydra-core + omegaconf (carry .whl/)"
 else
   if [ "$dln_device" = 1 ]; then
-    step "bench_dln on CUDA" 35 "$PY" scripts/bench_dln.py --device "$DEV"
+    # step throughput at the paper's D (the panel grid too, unless the script can leave it out)
+    dln_args=(--device "$DEV" --dim 5000 --threads 8)
+    grep -q -- "--no-grid" scripts/bench_dln.py && dln_args+=(--no-grid)
+    step "bench_dln on CUDA (D=5000)" 35 "$PY" scripts/bench_dln.py "${dln_args[@]}"
   else
     skip "bench_dln on CUDA" "scripts/bench_dln.py has no --device flag yet"
   fi
