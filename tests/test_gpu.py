@@ -156,6 +156,8 @@ def test_dln_batched_job_on_cuda_matches_cpu(tmp_path, pt):
     from ptft.dln.main import run_job
 
     ov = ["dln.dim=120", "dln.alpha=0.4", "wandb.mode=disabled", "dln.seeds=[0,1,2]", f"dln.pt={pt}"]
+    if pt == "train":
+        ov.append("dln.alpha_pt=1.5")  # as tests/test_dln_pipeline.py
     _, cpu = run_job(app.compose("dln", [f"store.root={tmp_path}/cpu", "device=cpu", *ov]))
     _, gpu = run_job(app.compose("dln", [f"store.root={tmp_path}/cuda", "device=cuda", *ov]))
     assert gpu["status"] == cpu["status"] == "ok"
