@@ -64,7 +64,7 @@ class Runtime:
     """How (not what) to compute: never part of a run's identity."""
 
     device: str = "auto"     # auto (cuda if available) | cpu | cuda | cuda:N
-    compile: bool = False    # torch.compile the model (first compile on CPU: 20-45 s); works on CPU and CUDA
+    compile: bool = False    # torch.compile the model, CPU or CUDA (a cold first compile on CPU: minutes)
     amp: Any = None          # bf16 autocast: null/auto = on for CUDA, off for CPU; true/false on any device
     channels_last: Any = None  # channels_last memory format (images): null/auto = on for CUDA, off for CPU
     eval_batch: int = 1024   # examples per evaluation batch
