@@ -21,6 +21,19 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped, with one line saying so, where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: torch.cuda.is_available() is False (no CUDA device); "
+                                   "run scripts/gpu_check.sh on a machine with one")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def cli():
     """Run a console script (e.g. cli('ptft-dln', 'dln.dim=50', cwd=tmp_path)); returns CompletedProcess."""

@@ -11,8 +11,9 @@ Both commands share this schema: ``ptft-pretrain`` trains the pretraining stage 
 ``runs`` are the fine-tuning's.
 
 Run identity (the hash naming a run directory) is built here from the scientific keys only: the data
-location is replaced by a fingerprint (a track's ``data_identity``), and device, compile, amp, eval_batch,
-logging and store keys are not scientific (recorded in result.json).
+location is replaced by a fingerprint (a track's ``data_identity``), and the runtime keys (device, compile,
+amp, channels_last, eval_batch, diagnostics), logging and store keys are not scientific (the effective device,
+amp, channels_last and compile are recorded in result.json).
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ class Runtime:
     """How (not what) to compute: never part of a run's identity."""
 
     device: str = "auto"     # auto (cuda if available) | cpu | cuda | cuda:N
-    compile: bool = False    # torch.compile the model (first compile: 20-45 s)
-    amp: bool = True         # bf16 autocast on CUDA (no effect on CPU)
+    compile: bool = False    # torch.compile the model, CPU or CUDA (a cold first compile on CPU: minutes)
+    amp: Any = None          # bf16 autocast: null/auto = on for CUDA, off for CPU; true/false on any device
+    channels_last: Any = None  # channels_last memory format (images): null/auto = on for CUDA, off for CPU
     eval_batch: int = 1024   # examples per evaluation batch
     diagnostics: bool = True  # per-stage movement / CKA / participation ratio of every fine-tuning (result.json)
 
@@ -157,6 +159,12 @@ def validate_runtime(r: Any) -> None:
     dev = str(r.device)
     if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ConfigError(f"runtime.device={dev!r} must be auto, cpu, cuda or cuda:N")
+    for key in ("amp", "channels_last"):
+        v = getattr(r, key)
+        if v is not None and not isinstance(v, bool) and v != "auto":
+            raise ConfigError(f"runtime.{key}={v!r} must be true, false, auto or null (auto: on for CUDA, off for CPU)")
+    if not isinstance(r.compile, bool):
+        raise ConfigError(f"runtime.compile={r.compile!r} must be true or false")
     if not _is_int(r.eval_batch) or r.eval_batch < 1:
         raise ConfigError(f"runtime.eval_batch={r.eval_batch!r} must be an integer >= 1")
 

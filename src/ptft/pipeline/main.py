@@ -48,6 +48,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def runtime_facts(task: Any, device: torch.device) -> dict[str, Any]:
+    """How a run was computed (result.json, never its identity): the device and the task's effective bf16
+    autocast, channels_last and torch.compile (False where the track's task has no such flag)."""
+    return {"device": str(device), **{k: bool(getattr(task, k, False)) for k in ("amp", "channels_last", "compile")}}
+
+
 def model_bytes(model: torch.nn.Module) -> bytes:
     """A model's state_dict (CPU tensors) serialised for `torch.load(..., weights_only=True)`."""
     import io
@@ -168,7 +174,7 @@ def _pretrain_run(cfg: DictConfig, track: Any, *, force: bool, name: str, record
         task = track.make_task(net, pt, pte, y_orig=True, tcfg=tcfg, seed=seed, device=device, runtime=cfg.runtime)
         result = _train(task, tcfg, run, resolved, cfg.wandb, stage="pretrain", group=str(cfg.name), name=name)
         result.update(n_train=len(pt), n_test=len(pte), classes=task_data.pt_classes, head=task_data.num_classes_total,
-                      device=str(device), amp=bool(getattr(task, "amp", False)), compile=bool(cfg.runtime.compile))
+                      **runtime_facts(task, device))
         atomic_write_bytes(run.file(MODEL), model_bytes(task.model))
         _finish(run, result, t0)
     return run, result
@@ -263,7 +269,7 @@ def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, n
                       pretrain=pt_hash, pt_status=pt_res["status"] if pt_res else None,
                       pt_test_acc=pt_res.get("test_acc") if pt_res else None,
                       rescale=float(cfg.ft.rescale), readout_scale=float(cfg.ft.readout_scale), head=cfg.ft.head,
-                      device=str(device), amp=bool(getattr(task, "amp", False)))
+                      **runtime_facts(task, device))
         _finish(run, result, t0)
     return run, result
 

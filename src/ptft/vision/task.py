@@ -8,14 +8,16 @@
   first batch. So the batches of an epoch are a function of (seed, epoch) only, and a mid-epoch
   resume (the trainer skips the batches already taken) gives the same run bit for bit on CPU.
 * No DataLoader, no host sync per step (the loss stays on the device; the trainer syncs once per epoch).
-* On CUDA: channels_last, bf16 autocast (runtime.amp), optional torch.compile (runtime.compile).
-  CPU is the correct-but-slow fallback (float32, no autocast).
+* Runtime flags (how, never what, to compute; they work on any device): bf16 autocast (``amp``) and
+  channels_last memory format (``channels_last``), each None = on for CUDA, off for CPU, True/False forces
+  it; optional torch.compile (``compile``). CPU defaults to float32, contiguous, eager: the correct-but-slow
+  fallback; forcing the flags on CPU runs the GPU path's code on the CPU.
 * Evaluation: batched, no grad, eval mode (BatchNorm running statistics), train mode restored after.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,13 @@ def augment_batch(x: torch.Tensor, flip: torch.Tensor, shift: torch.Tensor) -> t
     return out.permute(0, 3, 1, 2)
 
 
+def auto_flag(value: Any, device: torch.device) -> bool:
+    """A runtime flag's effective value: None / "auto" -> on for CUDA, off otherwise; a bool is kept."""
+    if value is None or value == "auto":
+        return torch.device(device).type == "cuda"
+    return bool(value)
+
+
 class VisionTask:
     """One model (n_members = 1) trained by minibatch SGD on resident uint8 images."""
 
@@ -47,19 +56,20 @@ class VisionTask:
 
     def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
                  y_test: torch.Tensor, *, batch_size: int, seed: int, device: torch.device | str = "cpu",
-                 amp: bool = True, augment: bool = False, compile: bool = False, eval_batch: int = 1024):
+                 amp: Optional[bool] = None, channels_last: Optional[bool] = None, augment: bool = False,
+                 compile: bool = False, eval_batch: int = 1024):
         self.device = torch.device(device)
-        cuda = self.device.type == "cuda"
+        self.amp = auto_flag(amp, self.device)
+        self.channels_last = auto_flag(channels_last, self.device)
+        self.compile = bool(compile)
         self.model = model.to(self.device)
-        if cuda:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.forward = torch.compile(self.model) if self.compile else self.model
         self.model.train()
         self.x, self.y = x_train.to(self.device), y_train.to(self.device)
         self.x_test, self.y_test = x_test.to(self.device), y_test.to(self.device)
         self.batch_size, self.seed, self.augment, self.eval_batch = int(batch_size), int(seed), augment, eval_batch
-        self.amp = bool(amp) and cuda
-        self.channels_last = cuda
 
     # ---- data ----------------------------------------------------------------------------------
     def batches(self, epoch: int) -> Iterator[tuple]:
@@ -86,7 +96,7 @@ class VisionTask:
 
     def _autocast(self) -> Any:
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ---- trainer protocol ------------------------------------------------------------------------

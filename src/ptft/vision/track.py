@@ -108,7 +108,8 @@ class VisionTrack:
 
         y_tr, y_te = (train.y_orig, test.y_orig) if y_orig else (train.y, test.y)
         return VisionTask(net, train.x, y_tr, test.x, y_te, batch_size=tcfg.batch_size, seed=seed, device=device,
-                          amp=runtime.amp, augment=tcfg.augment, compile=runtime.compile,
+                          amp=runtime.amp, channels_last=runtime.channels_last, augment=tcfg.augment,
+                          compile=runtime.compile,
                           eval_batch=runtime.eval_batch)
 
 
