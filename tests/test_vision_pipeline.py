@@ -276,3 +276,20 @@ def test_evaluation_is_eval_mode_without_grad_and_restores_train_mode():
     m = t.evaluate()
     assert t.model.training and 0 <= float(m["test_acc"][0]) <= 1 and m["test_loss"].shape == (1,)
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())  # BN stats untouched
+
+
+def test_bn_recalibrate_refreshes_running_statistics_and_is_part_of_the_identity(data_root, store):
+    """ft.bn_recalibrate: after a rescale the BatchNorm running statistics are the pretraining's; with the
+    knob they are recomputed on the FT training images before training (parameters untouched)."""
+    import torch as T
+
+    from ptft.pipeline.config import finetune_identity, validate
+
+    base = [*ft_args(data_root, store), "ft.rescale=0.25", "data.n_ft=10", "train.max_epochs=1", "train.lr=1e-9"]
+    (r0, _), = run_finetune(app.compose("finetune", base))
+    (r1, _), = run_finetune(app.compose("finetune", [*base, "ft.bn_recalibrate=true"]))
+    assert r0.hash != r1.hash
+    cfg = app.compose("finetune", base)
+    assert "bn_recalibrate" not in finetune_identity(validate(cfg), cfg, "h")["ft"]  # old hashes kept
+    with pytest.raises(ConfigError, match="bn_recalibrate"):
+        validate(app.compose("finetune", ["data=modarith", "model=transformer", "ft.bn_recalibrate=true"]))

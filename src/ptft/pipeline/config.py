@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, List, Optional
 
+import torch
 from omegaconf import MISSING
 
 from ptft import ConfigError, app
@@ -82,6 +83,8 @@ class PretrainStage:
 @dataclass
 class FTStage(FTConfig):
     mode: str = "finetune"   # finetune (from the pretrained model) | stl (fresh init-scaled model, no PT)
+    bn_recalibrate: bool = False  # recompute BatchNorm running statistics on the FT training inputs after the
+    #                              rescalings, before training (no parameter changes; models with BatchNorm only)
 
 
 @dataclass
@@ -203,6 +206,9 @@ def validate(cfg: Any, stage: str = "finetune") -> Any:
             raise ConfigError(f"ft.mode=stl has no pretrained model to rescale (ft.rescale={cfg.ft.rescale}, "
                               f"ft.layer_rescale={dict(cfg.ft.layer_rescale)}); leave them at 1 / {{}}, or use "
                               f"init.scale / init.layer_scales to scale a fresh model")
+        if cfg.ft.bn_recalibrate and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                             for m in probe.modules()):
+            raise ConfigError(f"ft.bn_recalibrate=true: model={cfg.model.name} has no BatchNorm layer")
         _check_list("runs.n_ft", cfg.runs.n_ft, 1)
         _check_list("runs.seeds", cfg.runs.seeds, 0)
     track.validate(cfg, stage)
@@ -224,8 +230,11 @@ def pretrain_identity(track: Any, cfg: Any) -> dict:
 
 def finetune_identity(track: Any, cfg: Any, pt_hash: Optional[str]) -> dict:
     """Scientific keys of ONE fine-tuning (cfg.runs already expanded into data.n_ft and seed)."""
+    ft = plain(cfg.ft)
+    if not ft.get("bn_recalibrate"):
+        ft.pop("bn_recalibrate", None)  # keeps the identity of runs made before the knob existed
     sci = {"mode": cfg.ft.mode, "data": track.data_identity(cfg.data, "finetune"), "model": plain(cfg.model),
-           "init": plain(cfg.init), "ft": plain(cfg.ft), "train": train_identity(cfg.train), "seed": int(cfg.seed)}
+           "init": plain(cfg.init), "ft": ft, "train": train_identity(cfg.train), "seed": int(cfg.seed)}
     if cfg.ft.mode == "finetune":
         sci["pretrain"] = pt_hash
     return sci

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft import ConfigError, app
 from ptft.log import Logger, progress
 from ptft.pipeline.config import finetune_identity, pretrain_identity, train_config, validate
-from ptft.pipeline.knobs import apply_init_scaling, prepare_finetune_model
+from ptft.pipeline.knobs import apply_init_scaling, prepare_finetune_model, recalibrate_bn
 from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
 from ptft.train.trainer import Trainer, derived_seed
 
@@ -258,6 +258,8 @@ def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, n
             apply_init_scaling(net, cfg.init)
         torch.manual_seed(derived_seed(seed, _HEAD))
         prepare_finetune_model(net, cfg.ft, len(task_data.ft_classes))
+        if cfg.ft.bn_recalibrate:
+            recalibrate_bn(net.to(device), ft.x)
         tcfg = train_config(cfg.train)
         tcfg.batch_size = track.batch_size(tcfg, len(ft))
         task = track.make_task(net, ft, te, y_orig=cfg.ft.head == "reuse", tcfg=tcfg, seed=seed, device=device,
