@@ -7,7 +7,7 @@ Preset `modarith_cpu` (p = 47, d_model 64, PT on add with 40% of the pairs, Adam
 `perm_add` (reuses every PT feature, only the readout changes) and `mul` (needs new features). Knobs, one
 at a time around the baseline (kappa = scale = gamma = 1): init.kappa in {0.25, 0.5, 1, 2}, init.scale in
 {0.5, 1, 2}, ft.readout_scale in {0.1, 1, 3}, and STL (no pretraining, default init). Each job is one
-`ptft-finetune` process running every (n_ft, seed) of its setting in-process; a seed's pretraining is found
+`ptft-finetune` process running every n_ft of one (setting, seed) in-process, seed after seed; a seed's pretraining is found
 by hash in the store (trained by the first job that needs it, under a lock). Jobs that train a new
 pretraining go first, so two workers never wait on each other's lock. Finished runs are skipped: rerunning
 the command resumes an interrupted study.
@@ -33,9 +33,8 @@ KNOBS = {"init.kappa": (0.25, 0.5, 1, 2), "init.scale": (0.5, 1, 2), "ft.readout
 
 
 def jobs(n_ft: list[int], seeds: list[int]) -> list[list[str]]:
-    """One argument list per ptft-finetune job; the jobs that pretrain something new come first."""
-    common = ["experiment=modarith_cpu", "name=modarith_study", f"runs.n_ft=[{','.join(map(str, n_ft))}]",
-              f"runs.seeds=[{','.join(map(str, seeds))}]"]
+    """One argument list per ptft-finetune job (one seed, every n_ft in-process), seed by seed, so an
+    interrupted study has complete seeds; within a seed the jobs that pretrain something new come first."""
     settings: list[list[str]] = []
     for key, vals in KNOBS.items():
         for v in vals:
@@ -44,9 +43,13 @@ def jobs(n_ft: list[int], seeds: list[int]) -> list[list[str]]:
     settings.append(["ft.mode=stl"])
     pt_side = [s for s in settings if s[0].startswith("init.")]
     ft_side = [s for s in settings if not s[0].startswith("init.")]
-    out = [[*common, f"data.ft_op={OPS[0]}", *s] for s in pt_side]          # each trains its pretrainings
-    out += [[*common, f"data.ft_op={op}", *s] for s in pt_side for op in OPS[1:]]
-    out += [[*common, f"data.ft_op={op}", *s] for s in ft_side for op in OPS]
+    out = []
+    for seed in seeds:
+        common = ["experiment=modarith_cpu", "name=modarith_study", f"runs.n_ft=[{','.join(map(str, n_ft))}]",
+                  f"runs.seeds=[{seed}]"]
+        out += [[*common, f"data.ft_op={OPS[0]}", *s] for s in pt_side]      # each trains its pretraining
+        out += [[*common, f"data.ft_op={op}", *s] for s in pt_side for op in OPS[1:]]
+        out += [[*common, f"data.ft_op={op}", *s] for s in ft_side for op in OPS]
     return out
 
 
@@ -60,7 +63,7 @@ def run_all(store: Path, workers: int, n_ft: list[int], seeds: list[int], extra:
         cmd = [str(BIN / "ptft-finetune"), *args, f"store.root={store}", *extra]
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         status = "ok" if p.returncode == 0 else f"FAILED ({p.returncode})"
-        print(f"[{time.time() - t0:7.0f} s] job {i + 1}/{len(todo)} {status}: {' '.join(args[4:])}", flush=True)
+        print(f"[{time.time() - t0:7.0f} s] job {i + 1}/{len(todo)} {status}: {' '.join(args[3:])}", flush=True)
         if p.returncode != 0:
             print(p.stderr[-2000:], file=sys.stderr, flush=True)
 
