@@ -293,3 +293,14 @@ def test_wandb_offline_one_run_per_stage_grouped_by_experiment(tmp_path):
         assert len(found) == 1
     meta = (run.path / "config.yaml").read_text()
     assert "name: arith_wandb" in meta
+
+
+@pytest.mark.slow  # 3000 full-batch steps (about 40 s on a free core)
+def test_the_demo_pretraining_groks(tmp_path):
+    """modarith_demo's PT recipe: train accuracy 1 early, test accuracy >= 0.95 by the end (grokking)."""
+    cfg = app.compose("pretrain", ["experiment=modarith_demo", f"store.root={tmp_path}", "wandb.mode=disabled"])
+    run, res = run_pretrain(cfg)
+    assert res["status"] == "ok" and res["test_acc"] >= 0.95 and res["steps_to_95"] is not None
+    rows = [json.loads(ln) for ln in (run.path / "metrics.jsonl").read_text().splitlines()]
+    early = [r for r in rows if "eval/train_acc" in r and r["step"] <= 1000]
+    assert any(r["eval/train_acc"] == 1.0 and r["eval/test_acc"] < 0.5 for r in early)  # memorised first
