@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench results clean
+.PHONY: install demo test test-fast check-results bench results clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: install
 # The fast subset, for the edit-test loop.
 test-fast: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Regenerate every registered file of results/ in a temporary copy and compare (scripts/check_results.py).
+check-results: install
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/check_results.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
