@@ -75,4 +75,5 @@ def test_compare_tolerance_and_row_count(tmp_path):
 def test_committed_results_are_what_the_code_produces():
     p = subprocess.run([sys.executable, str(REPO / "scripts" / "check_results.py")], cwd=REPO,
                        capture_output=True, text=True)
+    print(p.stdout)  # per-file verdicts and times (pytest -rP shows them)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
