@@ -92,7 +92,8 @@ RESULTS = [
            why="rtol 1e-6 (float64 GD); run_dir, job_dir not compared"),
     Result("vision_synthetic_rescale.csv", keys=("ft.mode", "ft.rescale", "data.n_ft", "seed"),
            ignore=("run_dir", "job_dir", "run_hash"),
-           why="exact (CPU, OMP_NUM_THREADS=1; rounding changes the accuracies); run_dir, job_dir, run_hash not compared"),
+           why="exact (CPU, OMP_NUM_THREADS=1; rounding changes the accuracies); "
+               "run_dir, job_dir, run_hash not compared"),
     Result("dln_sims_cpu.csv", keys=("rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega", "alpha"),
            rtol=1e-6, sample=sample_dln_sims,
            why="sample: 2 of its 308 jobs rerun (the cheapest, and the one at a third of the jobs by steps_max); "
@@ -268,7 +269,8 @@ def check(selected: list[Result], committed_dir: Path, update: bool = False) -> 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", help="registered file names (default: all)")
-    ap.add_argument("--list", action="store_true", help="print the registry (markdown rows) and the results/ CSVs it leaves out")
+    ap.add_argument("--list", action="store_true",
+                    help="print the registry (markdown rows) and the results/ CSVs it leaves out")
     ap.add_argument("--update", action="store_true", help="copy the regenerated files of each row into results/")
     ap.add_argument("--committed", type=Path, default=REPO / "results", help="folder of the files to check")
     a = ap.parse_args(argv)
