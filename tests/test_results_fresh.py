@@ -56,9 +56,11 @@ def test_compare_names_the_first_differing_row(tmp_path):
     assert C.compare(res, old, same) == []
     new = _write(tmp_path / "new.csv", ["mode", "seed", "run_dir", "acc", "extra"],
                  [["ft", 0, "/a", 0.9, 1], ["ft", 1, "/b", 0.93, 1], ["stl", 0, "/c", 0.5, 1]])
-    problems = C.compare(res, old, new)
-    assert any("extra" in p for p in problems)
-    assert any("mode=ft, seed=1" in p and "'0.86'" in p and "'0.93'" in p for p in problems)
+    problems = C.compare(res, old, new)  # a new column alone is a note; every old column must still agree
+    assert len(problems) == 1 and "mode=ft, seed=1" in problems[0] and "'0.86'" in problems[0] \
+        and "'0.93'" in problems[0]
+    gone = _write(tmp_path / "gone.csv", ["mode", "seed", "run_dir"], [["ft", 0, "/a"], ["ft", 1, "/b"], ["stl", 0, "/c"]])
+    assert any("acc" in p and "only committed" in p for p in C.compare(res, old, gone))
 
 
 def test_compare_tolerance_and_row_count(tmp_path):
