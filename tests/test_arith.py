@@ -27,20 +27,12 @@ def small(store: Path, *extra: str) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # tasks
 # ------------------------------------------------------------------------------------------------
-def _direct(op: str, a: int, b: int, p: int, perm: np.ndarray) -> int:
-    if op == "add":
-        return (a + b) % p
-    if op == "sub":
-        return (a - b) % p
-    if op == "mul":
-        return (a * b) % p
-    if op == "div":  # the c with c * b = a (mod p), found by search
-        return next(c for c in range(p) if (c * b) % p == a)
-    if op == "x2y2":
-        return (a * a + b * b) % p
-    if op == "lin":
-        return (2 * a + b) % p
-    return int(perm[(a + b) % p])
+DIRECT = {  # one pair at a time, in plain integers; div by search for the c with c * b = a (mod p)
+    "add": lambda a, b, p, perm: (a + b) % p, "sub": lambda a, b, p, perm: (a - b) % p,
+    "mul": lambda a, b, p, perm: (a * b) % p, "x2y2": lambda a, b, p, perm: (a * a + b * b) % p,
+    "lin": lambda a, b, p, perm: (2 * a + b) % p, "perm_add": lambda a, b, p, perm: int(perm[(a + b) % p]),
+    "div": lambda a, b, p, perm: next(c for c in range(p) if (c * b) % p == a),
+}
 
 
 @pytest.mark.parametrize("p", [7, 13])
@@ -51,7 +43,7 @@ def test_labels_match_the_formula_on_every_pair(op, p):
     perm = D.permutation(p, 3)
     assert sorted(perm.tolist()) == list(range(p))  # a permutation of the residues
     got = D.labels(op, a, b, p, perm_seed=3)
-    assert got.tolist() == [_direct(op, int(x), int(y), p, perm) for x, y in zip(a, b)]
+    assert got.tolist() == [DIRECT[op](int(x), int(y), p, perm) for x, y in zip(a, b)]
 
 
 def _set(split) -> set:
