@@ -5,7 +5,8 @@
 
 Per seed: write the three ground truths (`ptft-data synthetic --ground-truth subset|new|dense`, CIFAR-100
 format, FT classes 98 and 99). Their PT classes' images are identical (checked here), so ONE pretraining
-(`ptft-pretrain` on the `subset` root, `data.ft_class_list=[98,99]`, resnet18_cifar) serves all three.
+(`ptft-pretrain` of this source tree, run as `ptft.vision.main.pretrain_main`, on the `subset` root with
+`data.ft_class_list=[98,99]`, resnet18_cifar) serves all three.
 Then, for each ground truth, a logistic-regression probe (L2, LBFGS, standardised features) is fitted on
 n balanced FT training images and scored on all FT test images, on the features of
 - `pretrained`: the pretrained network without its head (eval mode),
