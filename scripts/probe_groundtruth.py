@@ -5,7 +5,8 @@
 
 Per seed: write the three ground truths (`ptft-data synthetic --ground-truth subset|new|dense`, CIFAR-100
 format, FT classes 98 and 99). Their PT classes' images are identical (checked here), so ONE pretraining
-(`ptft-pretrain` on the `subset` root, `data.ft_class_list=[98,99]`, resnet18_cifar) serves all three.
+(`ptft-pretrain` of this source tree, run as `ptft.pipeline.main.pretrain_main`, on the `subset` root with
+`data.ft_class_list=[98,99]`, resnet18_cifar) serves all three.
 Then, for each ground truth, a logistic-regression probe (L2, LBFGS, standardised features) is fitted on
 n balanced FT training images and scored on all FT test images, on the features of
 - `pretrained`: the pretrained network without its head (eval mode),
@@ -38,11 +39,11 @@ KINDS = ("subset", "new", "dense")
 
 def pretrain(root: Path, store: Path, ft: list[int], seed: int, args: argparse.Namespace) -> Path:
     # `ptft-pretrain` of THIS source tree (the installed console script may belong to another checkout)
-    cmd = [sys.executable, "-c", "import sys; from ptft.vision.main import pretrain_main; sys.exit(pretrain_main())",
-           "data.name=cifar100", f"data.root={root}",
-           f"data.ft_class_list=[{','.join(map(str, ft))}]", "model.name=resnet18_cifar",
-           f"model.width={args.width}", f"train.lr={args.lr}", f"train.max_epochs={args.epochs}",
-           f"seed={seed}", "runtime.device=cpu", f"store.root={store}", "wandb.mode=disabled",
+    cmd = [sys.executable, "-c", "import sys; from ptft.pipeline.main import pretrain_main; sys.exit(pretrain_main())",
+           "data=cifar100", f"data.root={root}",
+           f"data.ft_class_list=[{','.join(map(str, ft))}]", "model=resnet18_cifar",
+           f"model.width={args.width}", f"pretrain.train.lr={args.lr}", f"pretrain.train.max_epochs={args.epochs}",
+           f"pretrain.seed={seed}", "runtime.device=cpu", f"store.root={store}", "wandb.mode=disabled",
            f"hydra.run.dir={store}/hydra/{seed}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "PTFT_CONF_DIR": str(REPO / "conf")}
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
