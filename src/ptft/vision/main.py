@@ -34,6 +34,8 @@ from ptft.vision.task import VisionTask, derived_seed, model_bytes, resolve_devi
 
 app.register("pretrain_schema", PretrainApp)
 app.register("finetune_schema", FinetuneApp)
+app.register_validator("pretrain", validate_pretrain)
+app.register_validator("finetune", validate_finetune)
 
 STATUS = {"converged": "ok"}  # trainer status -> result status (diverged, max_epochs stay as they are)
 MODEL = "model.pt"
