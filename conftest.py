@@ -21,6 +21,16 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+try:  # property tests: fixed examples by default (reproducible `make test`); HYPOTHESIS_PROFILE=ptft-explore searches
+    from hypothesis import settings
+
+    settings.register_profile("ptft", max_examples=300, derandomize=True, database=None, deadline=None)
+    settings.register_profile("ptft-explore", max_examples=3000, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ptft"))
+except ImportError:  # only tests/test_property_*.py need it (dev extra)
+    pass
+
+
 @pytest.fixture
 def cli():
     """Run a console script (e.g. cli('ptft-dln', 'dln.dim=50', cwd=tmp_path)); returns CompletedProcess."""

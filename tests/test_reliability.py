@@ -46,7 +46,7 @@ def run_cli(monkeypatch, capsys, main, *argv: str) -> tuple[int, str]:
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("override,needle", [
     ("dln.alpha=inf", "dln.alpha=inf must be a finite number"),        # was: OverflowError traceback
-    ("seed=-1", "seed=-1 must be an integer in [0, 2**32 - 1]"),       # was: numpy traceback
+    ("seed=-1", "seed=-1 must be an integer in [0, 2**63 - 1]"),       # was: numpy traceback
     ("dln.c_pt=1e400", "dln.c_pt=inf must be a finite number"),        # was: trained, status diverged
     ("train.lr=inf", "train.lr=inf must be a finite number"),          # was: trained, status diverged
     ("store.root=/proc/nope", "store.root=/proc/nope: cannot create"),  # was: FileNotFoundError traceback

@@ -122,7 +122,11 @@ def explain(e: BaseException) -> str:
     """One line naming the key, from a Hydra / OmegaConf composition error."""
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.errors import OverrideParseException
+
     parts, seen, keyed = [], set(), False
+    if isinstance(e, OverrideParseException):
+        parts.append(f"cannot parse the override {e.override!r}")
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -130,7 +134,7 @@ def explain(e: BaseException) -> str:
             if keyed:
                 break
             msg, keyed = f"{e.full_key}: {msg or type(e).__name__}", True
-        if msg and "$VALUE" not in msg and msg not in parts:
+        if msg and msg != "None" and "$VALUE" not in msg and msg not in parts:
             parts.append(msg)
         e = e.__cause__ or e.__context__
     return " ".join("; ".join(parts).split()) or "invalid configuration"
@@ -152,9 +156,22 @@ def check_numbers(node: Any, prefix: str = "") -> None:
                       f"{prefix}[{k}]" if isinstance(k, int) else str(k))
 
 
-@functools.lru_cache(maxsize=32)
+_BASES: dict[tuple, Any] = {}
+
+
 def _base(config_name: str, structural: tuple[str, ...]) -> DictConfig:
-    return compose(config_name, list(structural))
+    """The composed config of the group choices (cached, failures too: a bad group fails the same way)."""
+    key = (str(conf_dir()), config_name, structural)
+    if key not in _BASES:
+        if len(_BASES) > 64:
+            _BASES.clear()
+        try:
+            _BASES[key] = compose(config_name, list(structural))
+        except Exception as e:
+            _BASES[key] = e
+    if isinstance(_BASES[key], Exception):
+        raise _BASES[key]
+    return _BASES[key]
 
 
 def _is_structural(o: Any) -> bool:

@@ -39,6 +39,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import yaml
 
+from ptft import ArgumentParser
+
 CONFIG, RESULT, POINTER = "config.yaml", "result.json", "run_dir.txt"
 INCOMPLETE, UNREADABLE = "incomplete", "unreadable"
 NON_SCIENTIFIC = ("store", "wandb", "hydra", "force")
@@ -64,7 +66,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: undecodable bytes
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -299,7 +301,7 @@ def to_frame(rows: Sequence[dict[str, Any]]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="ptft-aggregate", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="ptft-aggregate", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", help="run store, sweep directory or run directory")
     ap.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
     args = ap.parse_args(argv)

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from itertools import product
 
-from ptft import ConfigError
+from ptft import ArgumentParser, ConfigError
 from ptft.dln.replica import generalization_error
 from ptft.dln.teachers import check_feasible
 from ptft.dln.theory import l_order, pt_dependence, regime_of
@@ -118,7 +118,7 @@ def _write_csv(path: str, rows: list[Row]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ptft-theory", description="DLN fine-tuning theory (PAPER.md sections 3-6).")
+    p = ArgumentParser(prog="ptft-theory", description="DLN fine-tuning theory (PAPER.md sections 3-6).")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("advise", help="rank initialisations (c, lam, gamma) by predicted FT error",
                        description="Rank FT initialisations by the replica-predicted generalisation error at alpha.")

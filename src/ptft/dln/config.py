@@ -51,7 +51,7 @@ class DLNApp:
 NON_SCIENTIFIC_TRAIN = ("log_every", "eval_every", "ckpt_every_s")
 
 
-SEED_MAX = 2**32 - 1  # numpy's SeedSequence takes non-negative integers; keep them in 32 bits
+SEED_MAX = 2**63 - 1  # numpy's SeedSequence takes non-negative integers; torch takes 64-bit ones
 
 
 def validate(cfg) -> None:
@@ -85,7 +85,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"dln.alpha_pt={d.alpha_pt} must be > 0")
     for key, v in [("seed", cfg.seed)] + [(f"dln.seeds[{i}]", x) for i, x in enumerate(d.seeds or [])]:
         if not 0 <= v <= SEED_MAX:
-            raise ConfigError(f"{key}={v} must be an integer in [0, 2**32 - 1]")
+            raise ConfigError(f"{key}={v} must be an integer in [0, 2**63 - 1]")
     if d.seeds is not None and len(d.seeds) == 0:
         raise ConfigError("dln.seeds=[] is empty; give at least one seed or null")
     if d.seeds is not None and len(set(d.seeds)) != len(d.seeds):

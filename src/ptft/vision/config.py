@@ -18,6 +18,7 @@ function-preserving variant.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -153,6 +154,7 @@ def validate_runtime(r: Any) -> None:
         raise ConfigError(f"runtime.eval_batch={r.eval_batch!r} must be an integer >= 1")
 
 
+@functools.lru_cache(maxsize=4)
 def _probe(name: str) -> Any:
     """A width-1 model with the real module names, to check layer patterns before any compute."""
     from ptft.vision.models import build_model
