@@ -109,13 +109,25 @@ def _json_default(o: Any) -> Any:
 
 
 def move_aside(path: Path) -> Path:
-    """Rename a damaged file to `<name>.damaged-<n>` (kept for inspection, never deleted)."""
+    """Rename a damaged file to `<name>.damaged-<n>` (kept for inspection, never deleted). If another
+    process moved it first, returns the name it would have had."""
     path = Path(path)
     n = 1
     while path.with_name(f"{path.name}.damaged-{n}").exists():
         n += 1
     aside = path.with_name(f"{path.name}.damaged-{n}")
-    os.replace(path, aside)
+    try:
+        os.link(path, aside)  # never overwrites an earlier damaged copy (fails if `aside` appeared meanwhile)
+        path.unlink()
+    except FileExistsError:
+        return move_aside(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # no hard links on this filesystem
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            pass
     return aside
 
 
@@ -247,7 +259,7 @@ class RunDir:
         why, bad = self.damage()
         if why is None:
             return True
-        moved = [move_aside(p).name for p in [self.file(RESULT), *bad] if p.exists()]
+        moved = [move_aside(p).name for p in [self.file(RESULT), *bad]]
         print(f"[ptft] {self.path}: {why}; moved aside ({', '.join(moved)}); the run is unfinished and runs again",
               flush=True)
         return False
