@@ -347,7 +347,7 @@ def data_argv(draw, root: Path) -> tuple[list[str], bool]:
                 bad |= not (math.isfinite(x) and x >= 0)
             else:
                 bad |= not (x == int(x) and "." not in v and "e" not in v.lower()) or x < 0
-                bad |= flag == "--seed" and x >= 2**32
+                bad |= flag == "--seed" and x >= 2**63
         except (ValueError, OverflowError):
             bad = True
     sub = draw(words)

@@ -65,7 +65,11 @@ def validate(cfg) -> None:
         raise ConfigError(f"dln.dim={d.dim} must be >= 1")
     if not d.alpha > 0:
         raise ConfigError(f"dln.alpha={d.alpha} must be > 0")
-    if int(round(d.alpha * d.dim)) < 1:
+    n = d.alpha * d.dim
+    if n * d.dim > 2**37:  # the FT inputs alone would need more than 1 TiB (float64)
+        raise ConfigError(f"dln.alpha * dln.dim = {n:g} samples of dimension dln.dim={d.dim} do not fit in memory; "
+                          f"lower dln.alpha or dln.dim")
+    if int(round(n)) < 1:
         raise ConfigError(f"dln.alpha * dln.dim = {d.alpha * d.dim:g} gives no training sample; raise alpha or dim")
     if d.mode not in ("ptft", "stl"):
         raise ConfigError(f"dln.mode={d.mode!r} must be 'ptft' or 'stl'")
