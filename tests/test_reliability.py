@@ -74,13 +74,15 @@ def test_bad_value_inside_a_sweep_fails_before_any_job(tmp_path, monkeypatch, ca
     assert not any(tmp_path.iterdir())
 
 
-def test_preset_sweep_values_are_checked(monkeypatch):
+def test_preset_sweep_values_are_checked(monkeypatch, tmp_path):
     """experiment presets put their sweep in hydra.sweeper.params: it is prechecked too."""
+    monkeypatch.chdir(tmp_path)
     seen = []
     monkeypatch.setattr(app, "check", lambda name, ov: seen.append(list(ov)) or app.compose_fast(name, ov))
     app.precheck("dln", ["-m", "experiment=dln_panel_a", "dln.c_pt=1e-3"])
     alphas = {o for combo in seen for o in combo if o.startswith("dln.alpha=")}
     assert len(alphas) == 11 and all("dln.c_pt=1e-3" in combo for combo in seen)
+    assert not any(tmp_path.iterdir())  # the store root was probed, not made
 
 
 # ------------------------------------------------------------------------------------------------

@@ -67,19 +67,25 @@ def launch_cwd() -> Path:
         return Path.cwd()
 
 
-def store_root(cfg: DictConfig, probe: bool = False) -> Path:
-    """store.root as an absolute path, created if absent; ConfigError if it cannot be created or written.
-    probe=True only checks (the directories it had to create are removed again)."""
+def store_root(cfg: DictConfig) -> Path:
+    """store.root as an absolute path; ConfigError if it cannot be created or written. Creates nothing
+    (the run store makes its directories when a run starts): a missing root is probed by making and
+    removing a uniquely named directory in its nearest existing parent, so concurrent jobs never race."""
+    import tempfile
+
     try:
         root = Path(os.path.expanduser(str(cfg.store.root)))
         root = root if root.is_absolute() else launch_cwd() / root
-        missing = [p for p in [root, *root.parents] if not p.exists()]
-        root.mkdir(parents=True, exist_ok=True)
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
-        if probe:
-            for p in missing:
-                p.rmdir()
+        if root.exists():
+            if not root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+        else:
+            parent = next(p for p in root.parents if p.exists())
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory")
+            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".ptft-probe-"))
     except (OSError, ValueError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError(f"store.root={cfg.store.root!s}: cannot create or write that directory ({why}); "
@@ -288,7 +294,7 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
 
 def _check_store(cfg: DictConfig) -> None:
     if OmegaConf.select(cfg, "store.root", default=None) is not None:
-        store_root(cfg, probe=True)
+        store_root(cfg)
 
 
 def _sweeper_params(config_name: str, overrides: list[str]) -> dict[str, str]:
