@@ -21,17 +21,36 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def slurm_tests_enabled() -> bool:
+    """The SLURM tests install Debian packages and start daemons (as root): only in CI (CI=true) or
+    when asked for (PTFT_SLURM_TESTS=1), never by a plain `make test` on a workstation."""
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("PTFT_SLURM_TESTS", "") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need CUDA: skipped, with one line saying so, where torch sees no CUDA device."""
+    """`slurm` tests only with CI=true or PTFT_SLURM_TESTS=1; `gpu` tests only where torch sees CUDA. Each
+    skip says why in one line."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="gpu: torch.cuda.is_available() is False (no CUDA device); "
-                                   "run scripts/gpu_check.sh on a machine with one")
+    skip_slurm = pytest.mark.skip(reason="SLURM tests install packages and start daemons: run with "
+                                         "PTFT_SLURM_TESTS=1 (or CI=true)")
+    skip_gpu = pytest.mark.skip(reason="gpu: torch.cuda.is_available() is False (no CUDA device); "
+                                       "run scripts/gpu_check.sh on a machine with one")
     for item in items:
-        if item.get_closest_marker("gpu") is not None:
-            item.add_marker(skip)
+        if "slurm" in item.keywords and not slurm_tests_enabled():
+            item.add_marker(skip_slurm)
+        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+try:  # property tests: fixed examples by default (reproducible `make test`); HYPOTHESIS_PROFILE=ptft-explore searches
+    from hypothesis import settings
+
+    settings.register_profile("ptft", max_examples=300, derandomize=True, database=None, deadline=None)
+    settings.register_profile("ptft-explore", max_examples=3000, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ptft"))
+except ImportError:  # only tests/test_property_*.py need it (dev extra)
+    pass
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ notebooks, figure scripts).
 """
 from __future__ import annotations
 
+import errno
 import functools
+import itertools
+import math
 import os
 import sys
 import uuid
@@ -65,8 +68,29 @@ def launch_cwd() -> Path:
 
 
 def store_root(cfg: DictConfig) -> Path:
-    root = Path(os.path.expanduser(str(cfg.store.root)))
-    return root if root.is_absolute() else launch_cwd() / root
+    """store.root as an absolute path; ConfigError if it cannot be created or written. Creates nothing
+    (the run store makes its directories when a run starts): a missing root is probed by making and
+    removing a uniquely named directory in its nearest existing parent, so concurrent jobs never race."""
+    import tempfile
+
+    try:
+        root = Path(os.path.expanduser(str(cfg.store.root)))
+        root = root if root.is_absolute() else launch_cwd() / root
+        if root.exists():
+            if not root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+        else:
+            parent = next(p for p in root.parents if p.exists())
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory")
+            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".ptft-probe-"))
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"store.root={cfg.store.root!s}: cannot create or write that directory ({why}); "
+                          f"choose a writable one") from None
+    return root
 
 
 def record_run_dir(path: Path) -> None:
@@ -86,9 +110,209 @@ def record_run_dir(path: Path) -> None:
         atomic_write_text(ptr, "".join(ln + "\n" for ln in [*lines, str(Path(path).resolve())]))
 
 
-def fail(msg: str) -> None:
-    print(f"ptft: error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(2)
+def fail(msg: str, code: int = 2) -> None:
+    print(f"ptft: error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+# ---- validation: compose + the pipeline's validate, the same in-process and on the command line -----
+VALIDATORS: dict[str, Callable[[DictConfig], None]] = {}
+
+
+def register_validator(config_name: str, fn: Callable[[DictConfig], None]) -> None:
+    """`fn(cfg)` raises ConfigError for a bad config of conf/<config_name>.yaml (run before any compute)."""
+    VALIDATORS[config_name] = fn
+
+
+def explain(e: BaseException) -> str:
+    """One line naming the key, from a Hydra / OmegaConf composition error."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from hydra.errors import OverrideParseException
+
+    parts, seen, keyed = [], set(), False
+    if isinstance(e, OverrideParseException):
+        parts.append(f"cannot parse the override {e.override!r}")
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            if keyed:
+                break
+            msg, keyed = f"{e.full_key}: {msg or type(e).__name__}", True
+        if msg and msg != "None" and "$VALUE" not in msg and msg not in parts:
+            parts.append(msg)
+        e = e.__cause__ or e.__context__
+    return " ".join("; ".join(parts).split()) or "invalid configuration"
+
+
+def check_numbers(node: Any, prefix: str = "") -> None:
+    """Every float of a config is finite and every integer fits in 64 bits (ConfigError naming the key)."""
+    items = node.items() if hasattr(node, "items") else enumerate(node) if isinstance(node, (list, tuple)) else None
+    if items is None:
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"{prefix}={node} must be a finite number")
+        if isinstance(node, int) and not isinstance(node, bool) and not -(2**63) <= node < 2**63:
+            raise ConfigError(f"{prefix}={node} is out of range (a 64-bit integer)")
+        return
+    if not hasattr(node, "items"):  # ListConfig / list
+        items = enumerate(list(node))
+    for k, v in items:
+        check_numbers(v, f"{prefix}.{k}" if prefix and not isinstance(k, int) else
+                      f"{prefix}[{k}]" if isinstance(k, int) else str(k))
+
+
+_BASES: dict[tuple, Any] = {}
+
+
+def _base(config_name: str, structural: tuple[str, ...]) -> DictConfig:
+    """The composed config of the group choices (cached, failures too: a bad group fails the same way)."""
+    key = (str(conf_dir()), config_name, structural)
+    if key not in _BASES:
+        if len(_BASES) > 64:
+            _BASES.clear()
+        try:
+            _BASES[key] = compose(config_name, list(structural))
+        except Exception as e:
+            _BASES[key] = e
+    if isinstance(_BASES[key], Exception):
+        raise _BASES[key]
+    return _BASES[key]
+
+
+def _is_structural(o: Any) -> bool:
+    """A group choice (experiment=x, hydra/launcher=y), a package override or a hydra.* key."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.object_type import ObjectType
+
+    key = o.key_or_group
+    return ("/" in key or "@" in o.input_line.split("=", 1)[0] or key == "hydra" or key.startswith("hydra.")
+            or (conf_dir() / key).is_dir() or ConfigStore.instance().get_type(key) == ObjectType.GROUP)
+
+
+def compose_fast(config_name: str, overrides: Optional[Sequence[str]] = None) -> DictConfig:
+    """compose(), with the config of the group choices cached and the key=value overrides applied by
+    Hydra's own override code: the same config (or the same error) in milliseconds instead of ~0.1 s."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides or []))
+    for o in parsed:
+        if o.is_sweep_override():
+            raise ConfigCompositionException(f"Ambiguous value for argument '{o.input_line}': a sweep needs "
+                                             f"--multirun (-m)")
+    values = [o for o in parsed if not _is_structural(o)]
+    cfg = copy.deepcopy(_base(config_name, tuple(o.input_line for o in parsed if _is_structural(o))))
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    return cfg
+
+
+def check_keys(node: Any, prefix: str = "") -> None:
+    """No key outside the schema: `+dln.foo=1` is accepted by Hydra (it opens the struct flag) and
+    would be silently ignored. Keys of free-form dicts (Dict[str, float] fields) are allowed."""
+    import dataclasses
+
+    from omegaconf import ListConfig
+
+    if isinstance(node, DictConfig):
+        typ = OmegaConf.get_type(node)
+        fields = {f.name for f in dataclasses.fields(typ)} if dataclasses.is_dataclass(typ) else None
+        for k in node.keys():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if fields is not None and k not in fields:
+                raise ConfigError(f"{key}: unknown key (not in {typ.__name__}); check its spelling")
+            if prefix == "" and k == "hydra":
+                continue
+            check_keys(node._get_node(k), key)
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            check_keys(node._get_node(i), f"{prefix}[{i}]")
+
+
+def check(config_name: str, overrides: Optional[Sequence[str]] = None) -> DictConfig:
+    """compose + the pipeline's validator: the config a command line gives, or ConfigError (one line)."""
+    try:
+        cfg = compose_fast(config_name, overrides)
+    except ConfigError:
+        raise
+    except Exception as e:  # Hydra / OmegaConf: unknown key or group, wrong type, bad override syntax
+        raise ConfigError(explain(e)) from None
+    check_keys(cfg)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation that does not resolve
+        raise ConfigError(explain(e)) from None
+    check_numbers({k: v for k, v in plain.items() if k != "hydra"})
+    fn = VALIDATORS.get(config_name)
+    if fn is not None:
+        fn(cfg)
+    return cfg
+
+
+_FLAG_ONLY = ("help", "hydra_help", "version", "cfg", "info", "shell_completion", "config_path", "config_name",
+              "config_dir", "experimental_rerun")
+MAX_PRECHECK = 256  # sweep combinations checked one by one; larger sweeps check each value on its own
+
+
+def precheck(config_name: str, argv: Sequence[str]) -> None:
+    """Validate the command line's config(s) before Hydra starts any job: every combination of a
+    multirun sweep (or each swept value on its own, for large sweeps), including sweeps from an
+    experiment preset's hydra.sweeper.params. Flags such as --help or --cfg are left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return  # Hydra reports its own usage errors
+    if any(getattr(args, f, None) for f in _FLAG_ONLY):
+        return
+    overrides = list(args.overrides)
+    if not args.multirun:
+        _check_store(check(config_name, overrides))
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        preset = _sweeper_params(config_name, [o.input_line for o in parsed if not o.is_sweep_override()])
+        given = {o.get_key_element() for o in parsed}
+        parsed += OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in preset.items() if k not in given])
+        choices = [[o.input_line] if not o.is_sweep_override() else
+                   [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(explain(e)) from None
+    n = math.prod(len(c) for c in choices)
+    if n <= MAX_PRECHECK:
+        combos: Any = itertools.product(*choices)
+    else:
+        first = [c[0] for c in choices]
+        combos = ([*first[:i], v, *first[i + 1:]] for i, c in enumerate(choices) for v in c)
+    for combo in combos:
+        _check_store(check(config_name, list(combo)))
+
+
+def _check_store(cfg: DictConfig) -> None:
+    if OmegaConf.select(cfg, "store.root", default=None) is not None:
+        store_root(cfg)
+
+
+def _sweeper_params(config_name: str, overrides: list[str]) -> dict[str, str]:
+    """hydra.sweeper.params of the composed config (an experiment preset's sweep)."""
+    from hydra import compose as _compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        try:
+            cfg = _compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        except Exception as e:
+            raise ConfigError(explain(e)) from None
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    return {str(k): str(v) for k, v in params.items()} if params else {}
 
 
 def entry(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -99,17 +323,35 @@ def entry(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[
 
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> Any:
+            from ptft.train.store import StoreError
             from ptft.train.trainer import Preempted
 
             try:
                 return fn(cfg)
             except ConfigError as e:
                 fail(str(e))
+            except StoreError as e:
+                fail(str(e), code=1)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                fail(f"cannot write {e.filename or 'a file'}: {e.strerror}; free space and rerun the same "
+                     f"command to resume", code=1)
             except Preempted as e:
                 print(f"ptft: {e}; rerun the same command to resume", file=sys.stderr, flush=True)
                 sys.exit(128 + e.signum)
 
-        return hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
+        hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
+
+        @functools.wraps(fn)
+        def cli() -> Any:
+            try:
+                precheck(config_name, sys.argv[1:])
+            except ConfigError as e:
+                fail(str(e))
+            return hydra_main()
+
+        return cli
 
     return deco
 

@@ -14,6 +14,10 @@ per member, the member's keys (seed, metrics) overriding the job's. Columns:
   non-scientific sections (store, wandb, hydra, force); lists become JSON text;
 * bookkeeping: run_dir, stage (e.g. dln), run_hash, member (index inside a batched job or
   empty), job_dir (the Hydra job directory, when found through a sweep).
+* provenance (last columns, empty for results written before it existed): prov_ptft_version,
+  prov_git_commit, prov_git_dirty, prov_torch, prov_cuda, prov_device, prov_gpu, prov_python,
+  prov_host, prov_start, prov_end, prov_wall_s. A table mixing results of different commits (or of
+  trees with and without uncommitted changes) gets a warning on stderr.
 
 A run directory is a directory holding config.yaml (and result.json once finished). A sweep
 directory holds Hydra job directories (with .hydra/); each points to its run through the file
@@ -35,10 +39,13 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import yaml
 
+from ptft import ArgumentParser
+
 CONFIG, RESULT, POINTER = "config.yaml", "result.json", "run_dir.txt"
 INCOMPLETE, UNREADABLE = "incomplete", "unreadable"
 NON_SCIENTIFIC = ("store", "wandb", "hydra", "force")
 BOOKKEEPING = ("status", "stage", "run_hash", "member", "run_dir", "job_dir")
+PROV = "prov_"
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -59,7 +66,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: undecodable bytes
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -90,7 +97,10 @@ def run_rows(run_dir: Path, job_dir: Optional[Path] = None) -> list[dict[str, An
     except (OSError, ValueError) as e:
         return [{**base, "status": UNREADABLE, "error": f"{type(e).__name__}: {e}"}]
     members = result.pop("members", None)
+    prov = result.pop("provenance", None)
     job = {**base, **flatten(result)}
+    if isinstance(prov, dict):
+        job.update({PROV + k: v for k, v in prov.items() if k not in ("files", "run_hash")})
     job.setdefault("status", "unknown")
     if not members:
         return [job]
@@ -242,10 +252,30 @@ def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
     for r in rows:
         keys.update(r)
     head = [k for k in BOOKKEEPING if k in keys]
-    rest = sorted(keys - set(head))
+    prov = sorted(k for k in keys if k.startswith(PROV))
+    rest = sorted(keys - set(head) - set(prov))
     cfg = [k for k in rest if "." in k or k in ("seed", "name", "device")]
     metrics = [k for k in rest if k not in cfg]
-    return head + cfg + metrics
+    return head + cfg + metrics + prov
+
+
+def commit_warning(rows: Iterable[dict[str, Any]]) -> Optional[str]:
+    """A warning when the rows were made by more than one commit, or by a tree with uncommitted changes."""
+    commits: dict[str, int] = {}
+    dirty = clean = 0
+    for r in rows:
+        c = r.get(PROV + "git_commit")
+        if c:
+            commits[str(c)] = commits.get(str(c), 0) + 1
+        dirty += r.get(PROV + "git_dirty") is True
+        clean += r.get(PROV + "git_dirty") is False
+    parts = []
+    if len(commits) > 1:
+        parts.append("results made by %d different commits (%s)" % (len(commits), ", ".join(
+            f"{c[:10]}: {n} rows" for c, n in sorted(commits.items(), key=lambda kv: -kv[1]))))
+    if dirty and clean:
+        parts.append(f"{dirty} rows made by a source tree with uncommitted changes and {clean} without")
+    return ("the table mixes " + "; ".join(parts) + "; see the prov_* columns") if parts else None
 
 
 def to_csv(rows: Sequence[dict[str, Any]], path: Optional[str | Path] = None) -> str:
@@ -271,7 +301,7 @@ def to_frame(rows: Sequence[dict[str, Any]]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="ptft-aggregate", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="ptft-aggregate", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", help="run store, sweep directory or run directory")
     ap.add_argument("--out", default=None, help="CSV file to write (default: stdout)")
     args = ap.parse_args(argv)
@@ -286,6 +316,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     counts: dict[str, int] = {}
     for r in rows:
         counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
+    warning = commit_warning(rows)
+    if warning:
+        print(f"ptft-aggregate: warning: {warning}", file=sys.stderr)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
     print(f"ptft-aggregate: {len(rows)} rows ({summary})" + (f" -> {args.out}" if args.out else ""),
           file=sys.stderr)

@@ -17,7 +17,7 @@ class ArithTrack:
     model_names = ("transformer",)
 
     def validate(self, cfg: Any, stage: str) -> None:
-        D.validate(cfg.data, check_n_ft=stage == "finetune" and cfg.runs.n_ft is None)
+        D.validate(cfg.data, check_n_ft=cfg.runs.n_ft is None)
         validate_model(cfg.model)
         for key in ("train", "pretrain.train"):
             t = cfg.pretrain.train if key == "pretrain.train" else cfg.train
@@ -25,7 +25,7 @@ class ArithTrack:
                 raise ConfigError(f"{key}.batch_size={t.batch_size}: arithmetic trains full batch (null)")
             if t.augment:
                 raise ConfigError(f"{key}.augment=true applies to images only")
-        if stage == "finetune" and cfg.runs.n_ft is not None:
+        if cfg.runs.n_ft is not None:
             avail = D.n_pairs(cfg.data.ft_op, cfg.data.p) - 1
             big = [n for n in cfg.runs.n_ft if n > avail]
             if big:

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from itertools import product
 
-from ptft import ConfigError
+from ptft import ArgumentParser, ConfigError
 from ptft.dln.replica import generalization_error
 from ptft.dln.teachers import check_feasible
 from ptft.dln.theory import l_order, pt_dependence, regime_of
@@ -67,6 +67,10 @@ def rank(*, rho_pt: float, rho_ft: float, omega: float, alpha: float, a_pt: floa
 
     Raises ConfigError for an infeasible teacher, alpha <= 0 or an invalid candidate, before any compute.
     """
+    for flag, v in (("--rho-pt", rho_pt), ("--rho-ft", rho_ft), ("--omega", omega), ("--alpha", alpha),
+                    ("--a-pt", a_pt), ("--sigma0", sigma0)):
+        if math.isfinite(v) and abs(v) > 1e100:  # squares of larger values overflow the theory's arithmetic
+            raise ConfigError(f"{flag}={v:g} is too large (|value| <= 1e100)")
     check_feasible(rho_pt, rho_ft, omega)
     if not (math.isfinite(alpha) and alpha > 0):
         raise ConfigError(f"--alpha={alpha} must be a finite number > 0 (alpha = n / D)")
@@ -78,6 +82,8 @@ def rank(*, rho_pt: float, rho_ft: float, omega: float, alpha: float, a_pt: floa
         raise ConfigError(f"--a-pt={a_pt} must be a finite nonzero number")
     cands = default_candidates() if candidates is None else list(candidates)
     for c, lam, gamma in cands:
+        if max(abs(c), abs(gamma)) > 1e100 and math.isfinite(c) and math.isfinite(gamma):
+            raise ConfigError(f"candidate c={c:g}, gamma={gamma:g} is too large (<= 1e100)")
         if not (math.isfinite(c) and c > 0):
             raise ConfigError(f"candidate c={c} must be > 0")
         if not -1.0 <= lam <= 1.0:
@@ -118,7 +124,7 @@ def _write_csv(path: str, rows: list[Row]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ptft-theory", description="DLN fine-tuning theory (PAPER.md sections 3-6).")
+    p = ArgumentParser(prog="ptft-theory", description="DLN fine-tuning theory (PAPER.md sections 3-6).")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("advise", help="rank initialisations (c, lam, gamma) by predicted FT error",
                        description="Rank FT initialisations by the replica-predicted generalisation error at alpha.")

@@ -51,14 +51,25 @@ class DLNApp:
 NON_SCIENTIFIC_TRAIN = ("log_every", "eval_every", "ckpt_every_s")
 
 
+SEED_MAX = 2**63 - 1  # numpy's SeedSequence takes non-negative integers; torch takes 64-bit ones
+
+
 def validate(cfg) -> None:
     """Every user-facing knob, checked before any compute."""
+    from ptft.app import check_numbers
+
+    check_numbers(cfg.dln, "dln")
+    check_numbers(cfg.train, "train")
     d = cfg.dln
     if d.dim < 1:
         raise ConfigError(f"dln.dim={d.dim} must be >= 1")
     if not d.alpha > 0:
         raise ConfigError(f"dln.alpha={d.alpha} must be > 0")
-    if int(round(d.alpha * d.dim)) < 1:
+    n = d.alpha * d.dim
+    if n * d.dim > 2**37:  # the FT inputs alone would need more than 1 TiB (float64)
+        raise ConfigError(f"dln.alpha * dln.dim = {n:g} samples of dimension dln.dim={d.dim} do not fit in memory; "
+                          f"lower dln.alpha or dln.dim")
+    if int(round(n)) < 1:
         raise ConfigError(f"dln.alpha * dln.dim = {d.alpha * d.dim:g} gives no training sample; raise alpha or dim")
     if d.mode not in ("ptft", "stl"):
         raise ConfigError(f"dln.mode={d.mode!r} must be 'ptft' or 'stl'")
@@ -76,6 +87,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"dln.pt={d.pt!r} must be 'exact' or 'train'")
     if d.pt == "train" and not d.alpha_pt > 0:
         raise ConfigError(f"dln.alpha_pt={d.alpha_pt} must be > 0")
+    for key, v in [("seed", cfg.seed)] + [(f"dln.seeds[{i}]", x) for i, x in enumerate(d.seeds or [])]:
+        if not 0 <= v <= SEED_MAX:
+            raise ConfigError(f"{key}={v} must be an integer in [0, 2**63 - 1]")
     if d.seeds is not None and len(d.seeds) == 0:
         raise ConfigError("dln.seeds=[] is empty; give at least one seed or null")
     if d.seeds is not None and len(set(d.seeds)) != len(d.seeds):

@@ -25,6 +25,7 @@ from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
 from ptft.train.trainer import Trainer
 
 app.register("dln_schema", DLNApp)
+app.register_validator("dln", validate)
 
 STATUS = {"converged": "ok"}  # trainer status -> result status (diverged, max_steps stay as they are)
 

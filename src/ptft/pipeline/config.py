@@ -196,21 +196,21 @@ def validate(cfg: Any, stage: str = "finetune") -> Any:
     for key, v in (("seed", cfg.seed), ("pretrain.seed", cfg.pretrain.seed)):
         if not _is_int(v) or v < 0:
             raise ConfigError(f"{key}={v} must be an integer >= 0")
-    if stage == "finetune":
-        validate_train_cfg(cfg.train, "train")
-        validate_ft_config(cfg.ft)
-        resolve_factors(probe, dict(cfg.ft.layer_rescale), list(cfg.ft.rescale_targets), "ft.layer_rescale")
-        if cfg.ft.mode not in MODES:
-            raise ConfigError(f"ft.mode={cfg.ft.mode!r} must be one of {list(MODES)}")
-        if cfg.ft.mode == "stl" and (cfg.ft.rescale != 1.0 or dict(cfg.ft.layer_rescale)):
-            raise ConfigError(f"ft.mode=stl has no pretrained model to rescale (ft.rescale={cfg.ft.rescale}, "
-                              f"ft.layer_rescale={dict(cfg.ft.layer_rescale)}); leave them at 1 / {{}}, or use "
-                              f"init.scale / init.layer_scales to scale a fresh model")
-        if cfg.ft.bn_recalibrate and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                             for m in probe.modules()):
-            raise ConfigError(f"ft.bn_recalibrate=true: model={cfg.model.name} has no BatchNorm layer")
-        _check_list("runs.n_ft", cfg.runs.n_ft, 1)
-        _check_list("runs.seeds", cfg.runs.seeds, 0)
+    # the config is shared by ptft-pretrain and ptft-finetune: a bad fine-tuning key is refused by both
+    validate_train_cfg(cfg.train, "train")
+    validate_ft_config(cfg.ft)
+    resolve_factors(probe, dict(cfg.ft.layer_rescale), list(cfg.ft.rescale_targets), "ft.layer_rescale")
+    if cfg.ft.mode not in MODES:
+        raise ConfigError(f"ft.mode={cfg.ft.mode!r} must be one of {list(MODES)}")
+    if cfg.ft.mode == "stl" and (cfg.ft.rescale != 1.0 or dict(cfg.ft.layer_rescale)):
+        raise ConfigError(f"ft.mode=stl has no pretrained model to rescale (ft.rescale={cfg.ft.rescale}, "
+                          f"ft.layer_rescale={dict(cfg.ft.layer_rescale)}); leave them at 1 / {{}}, or use "
+                          f"init.scale / init.layer_scales to scale a fresh model")
+    if cfg.ft.bn_recalibrate and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                         for m in probe.modules()):
+        raise ConfigError(f"ft.bn_recalibrate=true: model={cfg.model.name} has no BatchNorm layer")
+    _check_list("runs.n_ft", cfg.runs.n_ft, 1)
+    _check_list("runs.seeds", cfg.runs.seeds, 0)
     track.validate(cfg, stage)
     return track
 

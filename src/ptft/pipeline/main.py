@@ -34,8 +34,11 @@ from ptft.pipeline.knobs import apply_init_scaling, prepare_finetune_model, reca
 from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
 from ptft.train.trainer import Trainer, derived_seed
 
+app.register_validator("pretrain", lambda cfg: validate(cfg, "pretrain"))
+app.register_validator("finetune", lambda cfg: validate(cfg, "finetune"))
+
 STATUS = {"converged": "ok"}  # trainer status -> result status (diverged, max_epochs stay as they are)
-MODEL, START = "model.pt", "start.pt"
+MODEL, START = "model.pt", "checkpoint.start.pt"  # the start state: not an artifact of the run
 _INIT, _HEAD = 0x1417, 0x4EAD  # seed streams: model init, new head
 GROK = 0.95                    # steps_to_95: first evaluated step with test accuracy >= this
 
@@ -87,7 +90,7 @@ def _train(task: Any, tcfg: Any, run: RunDir, resolved: dict, wandb_cfg: Any, *,
            name: str, diagnose: bool = False) -> dict[str, Any]:
     """Train `task` with checkpoint/resume in `run`, logging to metrics.jsonl + wandb; returns the result.
 
-    The model's state at the start of training is kept in start.pt until the run finishes, so a resumed run
+    The model's state at the start of training is kept in checkpoint.start.pt until the run finishes, so a resumed run
     reports the same start norm and (diagnose=True) the same per-stage diagnostics."""
     with progress(desc=f"{stage} {run.hash}", unit="step") as bar:
         trainer = Trainer(task, tcfg, checkpoint=run.file("checkpoint.pt"), bar=bar)

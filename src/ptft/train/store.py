@@ -5,20 +5,49 @@ Layout of a run directory `<root>/<stage>/<hash>/`:
     metrics.jsonl   one JSON object per logged step
     checkpoint.pt   the trainer's last checkpoint (tensors and plain containers only)
     result.json     written once, atomically, when the run ends: its presence means "finished"
-Every write goes to a temporary file in the same directory and is renamed into place.
+Every write goes to a temporary file in the same directory and is renamed into place; a write that
+fails (no space left, quota, read-only disk) leaves the previous file intact and raises StoreError
+naming the file.
+
+Damaged files are never served and never deleted: a result.json or config.yaml that cannot be read,
+that belongs to another run (its hash), or whose run's artifacts (model.pt, pt_state.pt, checked
+against the sha256s recorded in result.json) are missing or changed, is renamed
+`<name>.damaged-<n>` with one line saying why, and the run counts as unfinished (so it runs again).
+Checkpoints carry their own sha256 and the trainer keeps the previous one (checkpoint.prev.pt)
+until the next is written (see `write_checkpoint` / `read_checkpoint`).
+
+Every result.json gets a `provenance` dict (see `provenance()`): what made it and when.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
+import io
 import json
 import os
+import platform
+import socket
+import subprocess
 import tempfile
+import time
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import filelock
 
 RESULT, CONFIG, CHECKPOINT, METRICS = "result.json", "config.yaml", "checkpoint.pt", "metrics.jsonl"
+_PROCESS_START = time.time()
+_HASH_LINE = "# ptft run "  # first line of config.yaml: the run's hash
+
+
+class StoreError(RuntimeError):
+    """A file of the run store could not be written (disk full, quota, read-only, permissions)."""
+
+
+class DamagedFile(RuntimeError):
+    """A stored file could not be read back (truncated, corrupted, wrong format)."""
 
 
 def config_hash(sci: dict[str, Any], length: int = 12) -> str:
@@ -30,16 +59,37 @@ def config_hash(sci: dict[str, Any], length: int = 12) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _write_temp(path, data)
     try:
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _store_error(path, e) from None
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """`data` in a fsynced temporary file beside `path` (removed again if anything fails)."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        return tmp
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _store_error(path, e) from None
         raise
+
+
+def _store_error(path: Path, e: OSError) -> StoreError:
+    why = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return StoreError(f"cannot write {path}: {why}; the previous {Path(path).name} (if any) is intact: "
+                      f"free space and rerun the same command to resume")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -58,6 +108,135 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def move_aside(path: Path) -> Path:
+    """Rename a damaged file to `<name>.damaged-<n>` (kept for inspection, never deleted). If another
+    process moved it first, returns the name it would have had."""
+    path = Path(path)
+    n = 1
+    while path.with_name(f"{path.name}.damaged-{n}").exists():
+        n += 1
+    aside = path.with_name(f"{path.name}.damaged-{n}")
+    try:
+        os.link(path, aside)  # never overwrites an earlier damaged copy (fails if `aside` appeared meanwhile)
+        path.unlink()
+    except FileExistsError:
+        return move_aside(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # no hard links on this filesystem
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            pass
+    return aside
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def previous_checkpoint(path: Path) -> Path:
+    """checkpoint.pt -> checkpoint.prev.pt (the one before the last)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` (tensors, plain containers) with its own sha256; the checkpoint it replaces is
+    kept as checkpoint.prev.pt, so a damaged newest one still leaves one to resume from."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    outer = io.BytesIO()
+    torch.save({"ptft_checkpoint": 1, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}, outer)
+    path = Path(path)
+    tmp = _write_temp(path, outer.getvalue())
+    try:
+        if path.exists():
+            os.replace(path, previous_checkpoint(path))
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _store_error(path, e) from None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state written by write_checkpoint (or a plain torch.save dict); DamagedFile if unreadable."""
+    import torch
+
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(st, dict) and "ptft_checkpoint" in st:
+            payload = st["payload"].numpy().tobytes()
+            if hashlib.sha256(payload).hexdigest() != st["sha256"]:
+                raise DamagedFile("its content does not match its sha256")
+            st = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except DamagedFile:
+        raise
+    except Exception as e:  # truncated zip, bad pickle, ...: torch raises many types
+        raise DamagedFile(f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}") from None
+    if not isinstance(st, dict):
+        raise DamagedFile(f"holds a {type(st).__name__}, not a checkpoint dict")
+    return st
+
+
+# ---- provenance ----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _git_state() -> tuple[Optional[str], Optional[bool]]:
+    """(commit, dirty) of the source tree this package runs from, or (None, None) if not a git checkout."""
+    import ptft
+
+    root = Path(ptft.__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None, None
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,  # noqa: E731
+                                        timeout=20, check=True).stdout
+        commit = run("rev-parse", "HEAD").strip()
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no").strip())
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(run_hash: str, started: float, device: Optional[str]) -> dict[str, Any]:
+    """What made a result: suite, source commit, torch/CUDA, device, host, times."""
+    import torch
+
+    import ptft
+
+    commit, dirty = _git_state()
+    end = time.time()
+    dev = str(device) if device else "cpu"
+    gpu = None
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        try:
+            gpu = torch.cuda.get_device_name(torch.device(dev))
+        except Exception:
+            gpu = None
+    return {"ptft_version": ptft.__version__, "git_commit": commit, "git_dirty": dirty,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "device": dev, "gpu": gpu,
+            "python": platform.python_version(), "host": socket.gethostname(), "run_hash": run_hash,
+            "start": _iso(started), "end": _iso(end), "wall_s": round(end - started, 3)}
+
+
+def _artifacts(path: Path) -> list[Path]:
+    """Files a finished run serves besides result.json: its .pt files that are not checkpoints."""
+    return sorted(p for p in path.glob("*.pt") if p.is_file() and not p.name.startswith("checkpoint"))
+
+
 class RunDir:
     """A run's directory in the store. Creating the object creates nothing on disk."""
 
@@ -65,29 +244,100 @@ class RunDir:
         self.sci = sci
         self.hash = config_hash(sci)
         self.path = Path(root) / stage / self.hash
+        self.started: Optional[float] = None
+        self._config: dict[str, Any] = {}
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     @property
     def finished(self) -> bool:
-        return self.file(RESULT).exists()
+        """True if the run has a readable result.json of this run whose artifacts are intact. A damaged
+        result (or config.yaml, or artifact) is moved aside with one line and the run counts as unfinished."""
+        if not self.file(RESULT).exists():
+            return False
+        why, bad = self.damage()
+        if why is None:
+            return True
+        moved = [move_aside(p).name for p in [self.file(RESULT), *bad]]
+        print(f"[ptft] {self.path}: {why}; moved aside ({', '.join(moved)}); the run is unfinished and runs again",
+              flush=True)
+        return False
+
+    def damage(self) -> tuple[Optional[str], list[Path]]:
+        """(why the stored result cannot be served, the files besides result.json to move aside) or (None, [])."""
+        try:
+            res = json.loads(self.file(RESULT).read_text())
+            if not isinstance(res, dict):
+                raise ValueError(f"holds a {type(res).__name__}, not an object")
+        except (OSError, ValueError) as e:
+            return f"result.json is unreadable ({type(e).__name__}: {str(e)[:100]})", []
+        prov = res.get("provenance") if isinstance(res.get("provenance"), dict) else {}
+        if prov.get("run_hash") not in (None, self.hash):
+            return f"result.json belongs to run {prov['run_hash']}, not {self.hash}", []
+        cfg = self.file(CONFIG)
+        if cfg.exists():
+            try:
+                import yaml
+
+                text = cfg.read_text()
+                if not isinstance(yaml.safe_load(text), dict):
+                    raise ValueError("not a mapping")
+            except Exception as e:  # OSError, UnicodeError, yaml.YAMLError, ...
+                return f"config.yaml is unreadable ({type(e).__name__})", [cfg]
+            first = text.split("\n", 1)[0]
+            if first.startswith(_HASH_LINE) and first[len(_HASH_LINE):].strip() != self.hash:
+                return f"config.yaml belongs to run {first[len(_HASH_LINE):].strip()}, not {self.hash}", [cfg]
+        for name, digest in (prov.get("files") or {}).items():
+            f = self.file(name)
+            if not f.exists():
+                return f"{name} is missing", []
+            if sha256_file(f) != digest:
+                return f"{name} does not match its sha256 in result.json (damaged)", [f]
+        return None, []
 
     def load_result(self) -> dict[str, Any]:
         return json.loads(self.file(RESULT).read_text())
 
     def write_result(self, result: dict[str, Any]) -> None:
+        """Write result.json, adding `provenance` to `result` (in place): what made it, the sha256 of the
+        run's artifacts. Stale previous checkpoints are removed (the run no longer needs them)."""
+        prov = provenance(self.hash, self.started or _PROCESS_START,
+                          result.get("device") or _dig(self._config, "device") or _dig(self._config, "runtime.device"))
+        prov["files"] = {p.name: sha256_file(p) for p in _artifacts(self.path)}
+        result["provenance"] = prov
         atomic_write_json(self.file(RESULT), result)
+        for p in self.path.glob("checkpoint*.prev.pt"):
+            p.unlink(missing_ok=True)
 
     def write_config(self, yaml_text: str) -> None:
-        atomic_write_text(self.file(CONFIG), yaml_text)
+        if self.started is None:
+            self.started = time.time()
+        try:
+            import yaml
+
+            loaded = yaml.safe_load(yaml_text)
+            self._config = loaded if isinstance(loaded, dict) else {}
+        except Exception:
+            self._config = {}
+        atomic_write_text(self.file(CONFIG), f"{_HASH_LINE}{self.hash}\n{yaml_text}")
 
     def clear_result(self) -> None:
-        """For force=true: forget the stored result and checkpoint, keep nothing stale."""
-        for name in (RESULT, CHECKPOINT, METRICS):
+        """For force=true: forget the stored result and checkpoints, keep nothing stale."""
+        for name in (RESULT, CHECKPOINT, METRICS, previous_checkpoint(Path(CHECKPOINT)).name):
             self.file(name).unlink(missing_ok=True)
 
     def lock(self, timeout: float = -1) -> filelock.FileLock:
         """An inter-process lock on this run (a sibling `.lock` file, not inside the run dir)."""
+        if self.started is None:
+            self.started = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return filelock.FileLock(str(self.path) + ".lock", timeout=timeout)
+
+
+def _dig(d: dict[str, Any], dotted: str) -> Any:
+    for k in dotted.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d

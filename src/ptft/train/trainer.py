@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, List, Optional, Protocol
 import torch
 
 from ptft import ConfigError
-from ptft.train.store import atomic_write_bytes
+from ptft.train.store import DamagedFile, move_aside, previous_checkpoint, read_checkpoint, write_checkpoint
 
 STATUS_RUNNING = "running"
 
@@ -67,6 +67,13 @@ class OptimTrainConfig(TrainConfig):
 
 
 def validate_train(cfg: TrainConfig) -> None:
+    import dataclasses
+
+    for k, v in (vars(cfg) if dataclasses.is_dataclass(cfg) else cfg).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"train.{k}={v} must be a finite number")
+        if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+            raise ConfigError(f"train.{k}={v} is out of range (a 64-bit integer)")
     if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"train.lr={cfg.lr} must be a finite number > 0")
     opt = getattr(cfg, "optimizer", "sgd")
@@ -195,18 +202,37 @@ class Trainer:
                 "last_loss": self.last_loss, "ep_sum": self.ep_sum.cpu(), "n_batches": self.n_batches}
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint (with its sha256); the one it replaces stays as checkpoint.prev.pt."""
         if self.ckpt_path is None:
             return
-        import io
-
-        buf = io.BytesIO()
-        torch.save(self.state_dict(), buf)
-        atomic_write_bytes(self.ckpt_path, buf.getvalue())
+        write_checkpoint(self.ckpt_path, self.state_dict())
 
     def try_resume(self) -> bool:
-        if self.ckpt_path is None or not Path(self.ckpt_path).exists():
+        """Resume from the checkpoint, or from the previous one if it cannot be read (moved aside, never
+        deleted), or start over; says which in one line when a checkpoint was damaged."""
+        if self.ckpt_path is None:
             return False
-        st = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        damaged = []
+        for path in (Path(self.ckpt_path), previous_checkpoint(Path(self.ckpt_path))):
+            if not path.exists():
+                continue
+            try:
+                st = read_checkpoint(path)
+                if not {"task", "epoch", "step", "steps", "status"} <= set(st):
+                    raise DamagedFile("it is not a trainer checkpoint")
+            except DamagedFile as e:
+                damaged.append(f"{path.name} is unreadable ({e}), moved to {move_aside(path).name}")
+                continue
+            if damaged:
+                print(f"[ptft] {'; '.join(damaged)}; resuming from {path} (step {int(st['step'])})", flush=True)
+            self._load(st)
+            return True
+        if damaged:
+            print(f"[ptft] {'; '.join(damaged)}; no readable checkpoint left in {Path(self.ckpt_path).parent}, "
+                  f"starting the run over", flush=True)
+        return False
+
+    def _load(self, st: dict[str, Any]) -> None:
         self.task.load_state_dict(st["task"])
         for b, v in zip(self.bufs, st["bufs"]):
             b.copy_(v)
@@ -219,7 +245,6 @@ class Trainer:
         self._active_dev = None
         self.status, self.last_loss = list(st["status"]), st["last_loss"]
         self.ep_sum, self.n_batches = st["ep_sum"], int(st["n_batches"])
-        return True
 
     # ---- the loop ----------------------------------------------------------------------------
     def _mask(self, p: torch.Tensor, active_f: torch.Tensor) -> torch.Tensor:

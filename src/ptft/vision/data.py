@@ -212,8 +212,8 @@ def _dataset_error(root: Path, name: str, problems: List[str], synthetic: bool, 
              f"download it (data.download=true, needs internet), point data.root at a directory that "
              f"holds it, or write a synthetic stand-in with `ptft-data synthetic --root {root} --format {name}`")
     detail = "; ".join(problems) if problems else cause
-    return ConfigError(f"data.name={name}: {what}dataset not found or corrupted under data.root={root} "
-                       f"(expected {expected}): {detail}. To fix: {fixes}.")
+    return ConfigError(f"data.name={name}: {detail} ({what}dataset not found or corrupted under data.root={root}; "
+                       f"expected {expected}). To fix: {fixes}.")
 
 
 def _file_stamp(root: Path, name: str) -> tuple:

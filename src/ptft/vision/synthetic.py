@@ -55,7 +55,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ptft import ConfigError
+from ptft import ArgumentParser, ConfigError
 
 MARKER = "PTFT_SYNTHETIC.json"
 NUM_CLASSES = {"cifar100": 100, "svhn": 10}
@@ -384,6 +384,8 @@ def generate(root: str | Path, fmt: str, n_train_per_class: int = 100, n_test_pe
     for key, v in (("n_train_per_class", n_train_per_class), ("n_test_per_class", n_test_per_class)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{key}={v!r} must be an integer >= 1")
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed={seed!r} must be an integer in [0, 2**63 - 1]")
     if not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
         raise ConfigError(f"noise={noise!r} must be a finite number >= 0")
     if not isinstance(max_shift, (int, np.integer)) or not 0 <= max_shift <= 16:
@@ -439,7 +441,7 @@ def write_registered(root: str | Path, fmt: str, write: Callable[[], None], info
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``ptft-data``."""
-    parser = argparse.ArgumentParser(prog="ptft-data", description="ptft dataset utilities")
+    parser = ArgumentParser(prog="ptft-data", description="ptft dataset utilities")
     sub = parser.add_subparsers(dest="command", required=True)
     syn = sub.add_parser("synthetic", help="write a synthetic dataset in the original CIFAR-100/SVHN file format")
     syn.add_argument("--root", required=True, help="dataset root (the value of data.root)")

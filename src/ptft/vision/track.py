@@ -2,6 +2,7 @@
 ResNet-18 variants (ptft.vision.models), trained by minibatch SGD on resident images (ptft.vision.task)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,6 +53,11 @@ def data_fingerprint(data: Any) -> str:
     return "synthetic:" + hashlib.sha256(json.dumps(fmt["files"], sort_keys=True).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=4)
+def _probe(name: str) -> torch.nn.Module:
+    return build_model(name, 2, width=1)
+
+
 class VisionTrack:
     model_schemas = (ResNetConfig,)
     model_names = MODEL_NAMES
@@ -65,7 +71,7 @@ class VisionTrack:
             t = cfg.pretrain.train if key == "pretrain.train" else cfg.train
             if t.max_epochs is None:
                 raise ConfigError(f"{key}.max_epochs=null: a vision run is budgeted in epochs; set it (LL: 1000)")
-        if stage == "finetune" and cfg.data.ft_balanced and cfg.runs.n_ft is not None:
+        if cfg.data.ft_balanced and cfg.runs.n_ft is not None:
             k = len(cfg.data.ft_class_list) if cfg.data.ft_class_list is not None else cfg.data.ft_classes
             small = [n for n in cfg.runs.n_ft if n < k]
             if small:
@@ -76,7 +82,7 @@ class VisionTrack:
         """A width-1 model with the real module names, to check layer patterns before any compute."""
         if model.name not in MODEL_NAMES:
             raise ConfigError(f"model.name={model.name!r} must be one of {list(MODEL_NAMES)} (model=<name>)")
-        return build_model(model.name, 2, width=1)
+        return _probe(model.name)
 
     def data_identity(self, data: Any, stage: str) -> dict:
         from ptft.pipeline.config import plain
