@@ -31,11 +31,18 @@ class MemberData:
     y: np.ndarray
 
 
-def member_data(d: Any, seed: int) -> MemberData:
-    """Teachers and FT training data of one member, per PAPER.md section 4."""
+def ft_inputs(d: Any, seed: int) -> np.ndarray:
+    """The FT inputs X of a member: a function of (seed, n, D) only, shared by every configuration
+    (teacher, init) at the same seed, alpha and dim."""
+    return make_inputs(int(round(d.alpha * d.dim)), d.dim, member_rng(seed, _X_FT))
+
+
+def member_data(d: Any, seed: int, X: np.ndarray | None = None) -> MemberData:
+    """Teachers and FT training data of one member, per PAPER.md section 4 (`X`: ft_inputs(d, seed),
+    if already drawn)."""
     beta_pt, beta_star = make_teachers(d.dim, d.rho_pt, d.rho_ft, d.omega, d.a_pt, member_rng(seed, _TEACHER))
     n = int(round(d.alpha * d.dim))
-    X = make_inputs(n, d.dim, member_rng(seed, _X_FT))
+    X = ft_inputs(d, seed) if X is None else X
     y = X @ beta_star + d.noise * member_rng(seed, _NOISE_FT).standard_normal(n)
     return MemberData(seed, beta_pt, beta_star, X, y)
 
