@@ -51,6 +51,9 @@ def test_each_configuration_equals_its_single_job(tmp_path):
         assert (run.path / "metrics.jsonl").exists() and not (run.path / "checkpoint.pt").exists()
         statuses |= {m["status"] for m in res["members"]}
     assert statuses == {"ok", "diverged", "max_steps"}  # the grid really mixes the three endings
+    # a configuration's result is written when its own members stop, not at the end of the job
+    its = [json.loads((r.path / "timing.json").read_text())["job_iterations"] for r, _ in multi]
+    assert its[0] < its[1] == 5000
 
 
 def test_device_style_masked_stepping_equals_host_compaction():

@@ -57,6 +57,13 @@ def _run(overrides: list[str]) -> dict:
     return _run_group(overrides)[0]
 
 
+def _timed_group(overrides: list[str]) -> tuple[list[dict], float]:
+    """_run_group and the CPU seconds the worker spent on it (the wall time on a shared machine is not)."""
+    t0 = time.process_time()
+    res = _run_group(overrides)
+    return res, time.process_time() - t0
+
+
 def _run_group(overrides: list[str]) -> list[dict]:
     import torch
 
@@ -104,18 +111,25 @@ def is_slow(curve: dict) -> bool:
 
 
 def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out: Path | None = None,
-             panels: str = "".join(PANELS)) -> list[dict]:
-    sc = SCALES[scale]
-    groups = groups_for(panels)
+             panels: str = "".join(PANELS), alphas: list[float] | None = None,
+             seeds: int | None = None) -> list[dict]:
+    """Run (or find finished) every point of `panels`; `alphas` / `seeds` restrict the scale's grid
+    (e.g. a paper-scale slice: scale paper, one alpha, 2 seeds)."""
+    sc = dict(SCALES[scale])
+    if seeds is not None:
+        sc["seeds"] = seeds
+    groups = [(cs, a) for cs, a in groups_for(panels) if alphas is None or any(abs(a - x) < 1e-9 for x in alphas)]
     rows = []
-    t0 = time.time()
+    t0, cpu_total = time.time(), 0.0
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futs = {pool.submit(_run_group, group_overrides(cs, a, sc["dim"], sc["seeds"], store, device)): (cs, a)
+        futs = {pool.submit(_timed_group, group_overrides(cs, a, sc["dim"], sc["seeds"], store, device)): (cs, a)
                 for cs, a in groups}
         for i, f in enumerate(as_completed(futs), 1):
             curves, alpha = futs[f]
-            for curve, res in zip(curves, f.result()):
+            results, cpu_s = f.result()
+            cpu_total += cpu_s
+            for curve, res in zip(curves, results):
                 members = res.get("members", [res])
                 err = np.array([m["test_mse"] for m in members])
                 rows.append({**{k: curve[k] for k in CONFIG_KEYS}, "alpha": alpha, "dim": sc["dim"],
@@ -123,7 +137,8 @@ def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out:
                              "status": res["status"], "steps_max": max(m["steps"] for m in members)})
             bad = sum(r["status"] != "ok" for r in rows[-len(curves):])
             print(f"[{i}/{len(groups)} {time.time() - t0:7.0f}s] alpha={alpha:.3f}: {len(curves)} curves x "
-                  f"{sc['seeds']} seeds done ({bad} not ok)", flush=True)
+                  f"{sc['seeds']} seeds done ({bad} not ok), {cpu_s:.0f} CPU s (all jobs so far: {cpu_total:.0f})",
+                  flush=True)
             if out is not None:  # rewritten after every job: an interrupted driver leaves a usable table
                 write_csv(rows, out)
     rows.sort(key=lambda r: tuple(r[k] for k in CONFIG_KEYS) + (r["alpha"],))
@@ -151,12 +166,26 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--panels", default="".join(PANELS), help="which panels to simulate, e.g. acf (default all)")
     ap.add_argument("--out", type=Path, default=None, help="CSV (default results/dln_sims_<scale>.csv)")
+    ap.add_argument("--alphas", default=None, help="only these of the 11 simulation alphas, e.g. 0.059,0.5")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default: the scale's)")
     a = ap.parse_args()
     if a.workers < 1:
         ap.error("--workers must be >= 1")
     if any(p not in PANELS for p in a.panels):
         ap.error(f"--panels takes letters from {''.join(PANELS)}")
-    simulate(a.scale, a.store, a.workers, a.device, a.out or Path(f"results/dln_sims_{a.scale}.csv"), a.panels)
+    alphas = None
+    if a.alphas is not None:
+        try:
+            alphas = [float(x) for x in a.alphas.split(",")]
+        except ValueError:
+            ap.error(f"--alphas takes comma-separated numbers, got {a.alphas!r}")
+        unknown = [x for x in alphas if not any(abs(x - s) < 1e-9 for s in SIM_ALPHAS)]
+        if unknown:
+            ap.error(f"--alphas {unknown} not among the simulation alphas {list(SIM_ALPHAS)}")
+    if a.seeds is not None and a.seeds < 1:
+        ap.error("--seeds must be >= 1")
+    simulate(a.scale, a.store, a.workers, a.device, a.out or Path(f"results/dln_sims_{a.scale}.csv"), a.panels,
+             alphas, a.seeds)
 
 
 if __name__ == "__main__":

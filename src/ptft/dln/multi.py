@@ -30,8 +30,9 @@ from ptft import ConfigError, app
 from ptft.dln.config import DLNConfig, validate
 from ptft.dln.main import STATUS, _member_results, _train_pt, run_job, scientific, seeds_of, summarise
 from ptft.dln.model import DLNState
+from ptft.dln.model import beta as beta_of
 from ptft.dln.sharedx import RUNNING, Member, SharedXEngine
-from ptft.dln.task import ft_inputs, member_data, start_state, test_mse
+from ptft.dln.task import ft_inputs, member_data, start_state, test_inputs
 from ptft.log import Logger, progress
 from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
 from ptft.train.trainer import _Signals
@@ -131,7 +132,7 @@ def run_multi(cfg: DictConfig) -> list[tuple[RunDir, dict[str, Any]]]:
 
 def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: ExitStack,
            idx: list[int]) -> dict[int, dict]:
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     dev = cfg.device
     X_np: dict[tuple, np.ndarray] = {}
     X_t: dict[tuple, torch.Tensor] = {}
@@ -195,21 +196,57 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
 
     pos = {j: e for e, j in enumerate(running)}
     last_ckpt = [time.monotonic()]
+    results: dict[int, dict] = {}
+    n_running = [-1]
 
     def write_checkpoints() -> None:
-        for p, (f, sp, st, ls) in zip(per_cfg, merged(*eng.snapshot())):
-            if any(s == RUNNING for s in st):
+        for k, (p, (f, sp, st, ls)) in enumerate(zip(per_cfg, merged(*eng.snapshot()))):
+            if idx[k] not in results and any(s == RUNNING for s in st):
                 _checkpoint(p["run"].file("checkpoint.pt"), f, sp, st, ls, p["step0"] + eng.t)
         last_ckpt[0] = time.monotonic()
 
+    def finalize(k: int, f, sp, st, ls) -> None:
+        """Write configuration k's result as soon as all its members have stopped."""
+        p, lg = per_cfg[k], loggers[k]
+        _log_row(lg, p["step0"] + eng.t, st, ls)
+        final = DLNState(*f)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverged member's errors are inf/nan
+            errs = beta_of(final) - np.stack([m.beta_star for m in p["data"]])
+            tests = np.mean((test_inputs(int(p["cfg"].dln.dim), int(p["cfg"].dln.n_test)) @ errs.T) ** 2, axis=0)
+        res = summarise(_member_results(p["cfg"], p["data"], p["start"], final, _train_mse(final, p["data"]),
+                                        {"status": st, "steps": sp}, p["pt_info"], tests))
+        lg.summary(res)
+        p["run"].write_result(res)
+        # the job's numbers until this configuration ended: wall and CPU seconds, GFLOP of the products
+        atomic_write_json(p["run"].file("timing.json"), {
+            "wall_s": time.time() - t0, "resumed": p["resumed"], "job_cpu_s": time.process_time() - c0,
+            "job_configs": len(per_cfg), "job_gflop": eng.flops / 1e9, "job_iterations": eng.t})
+        p["run"].file("checkpoint.pt").unlink(missing_ok=True)
+        results[idx[k]] = res
+
+    def finalize_done() -> None:
+        if eng.n_running == n_running[0]:
+            return  # nobody stopped since the last look
+        n_running[0] = eng.n_running
+        snap = None
+        for k, p in enumerate(per_cfg):
+            if idx[k] in results:
+                continue
+            js = range(p["first"], p["first"] + len(p["data"]))
+            if all((eng.status[pos[j]] if j in pos else p["status"][j - p["first"]]) != RUNNING for j in js):
+                snap = snap or merged(*eng.snapshot())
+                finalize(k, *snap[k])
+
+    finalize_done()
     with _Signals() as sig, progress(total=cfg.train.max_steps, desc=f"dln x{len(per_cfg)} configs",
                                      unit="step") as bar:
         def on_step(e: SharedXEngine) -> None:
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if e.t % log_every == 0:
-                for p, lg, (_, sp, st, ls) in zip(per_cfg, loggers, merged(*e.snapshot(factors=False))):
-                    _log_row(lg, p["step0"] + e.t, st, ls)
+                for k, (p, lg, (_, sp, st, ls)) in enumerate(zip(per_cfg, loggers, merged(*e.snapshot(factors=False)))):
+                    if idx[k] not in results:
+                        _log_row(lg, p["step0"] + e.t, st, ls)
+            finalize_done()
             due = ckpt_every > 0 and time.monotonic() - last_ckpt[0] > ckpt_every
             if sig.pending is not None or due:
                 write_checkpoints()
@@ -217,37 +254,8 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
                     sig.forward()
 
         eng.run(on_step)
-    final_all = merged(*eng.snapshot())
-    # test MSE of every member of the job at once, per dimension (one draw of the test inputs per D)
-    errs: dict[int, list] = {}
-    for p, (f, *_rest) in zip(per_cfg, final_all):
-        with np.errstate(over="ignore", invalid="ignore"):
-            e = (f[2] * f[0] - f[3] * f[1]) - np.stack([m.beta_star for m in p["data"]])
-        errs.setdefault(int(p["cfg"].dln.dim), []).append(e)
-    tests_by_dim = {}
-    for D, es in errs.items():
-        n_test = {int(p["cfg"].dln.n_test) for p in per_cfg if int(p["cfg"].dln.dim) == D}
-        with np.errstate(over="ignore", invalid="ignore"):
-            if len(n_test) == 1:
-                tests_by_dim[D] = iter(np.split(test_mse(np.concatenate(es), n_test.pop()),
-                                                np.cumsum([len(e) for e in es])[:-1]))
-            else:
-                tests_by_dim[D] = iter([None] * len(es))
-    wall = time.time() - t0
-    results = {}
-    for i, p, lg, (f, sp, st, ls) in zip(idx, per_cfg, loggers, final_all):
-        _log_row(lg, p["step0"] + eng.t, st, ls)
-        final = DLNState(*f)
-        tm = _train_mse(final, p["data"])
-        out = {"status": st, "steps": sp}
-        res = summarise(_member_results(p["cfg"], p["data"], p["start"], final, tm, out, p["pt_info"],
-                                        next(tests_by_dim[int(p["cfg"].dln.dim)])))
-        lg.summary(res)
-        p["run"].write_result(res)
-        atomic_write_json(p["run"].file("timing.json"), {"wall_s": wall, "resumed": p["resumed"],
-                                                         "job_configs": len(per_cfg)})
-        p["run"].file("checkpoint.pt").unlink(missing_ok=True)
-        results[i] = res
+    finalize_done()
+    assert len(results) == len(per_cfg)
     return results
 
 

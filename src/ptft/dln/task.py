@@ -5,6 +5,7 @@ trajectory is the same whether it trains alone or in a batch (up to float roundi
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -68,6 +69,13 @@ def test_mse(beta_err: np.ndarray, n_test: int, chunk: int = 2048) -> np.ndarray
         total += np.sum((make_inputs(k, beta_err.shape[1], rng) @ beta_err.T) ** 2, axis=0)
         done += k
     return total / n_test
+
+
+@functools.lru_cache(maxsize=2)
+def test_inputs(dim: int, n_test: int, chunk: int = 2048) -> np.ndarray:
+    """The fixed test inputs of test_mse as one (n_test, dim) matrix (the same draws), kept for reuse."""
+    rng = np.random.default_rng(np.random.SeedSequence([0xD1A6, _X_TEST, dim]))
+    return np.concatenate([make_inputs(min(chunk, n_test - i), dim, rng) for i in range(0, n_test, chunk)])
 
 
 def start_state(d: Any, members: list[MemberData], pt_states: DLNState | None = None) -> DLNState:
