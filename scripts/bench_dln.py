@@ -70,11 +70,12 @@ def step_rates(dim: int, alpha: float, K: int, device: str, steps: int) -> None:
             sync()
         return go
 
-    def shared():
-        members = [Member(0, Y[b], type(st)(*(f[b] for f in st))) for b in range(K)]
+    def shared(k: int = K, fused: float = 16e6):
+        members = [Member(0, Y[b], type(st)(*(f[b] for f in st))) for b in range(k)]
 
         def go():
-            SharedXEngine({0: X}, members, lr=0.1, threshold=0.0, max_steps=steps, device=device).run()
+            SharedXEngine({0: X}, members, lr=0.1, threshold=0.0, max_steps=steps, device=device,
+                          fused_min_bytes=fused).run()
             sync()
         return go
 
@@ -86,6 +87,10 @@ def step_rates(dim: int, alpha: float, K: int, device: str, steps: int) -> None:
             ("single member (trainer)", _rate(trainer(1, True), f1 * steps)),
             (f"batched, {K} members with own X (trainer)", _rate(trainer(K, True), f1 * K * steps)),
             (f"shared-X, {K} members (engine)", _rate(shared(), f1 * K * steps))]
+    if device == "cpu":  # the one-pass step over row blocks of X (used when X exceeds the cache)
+        k = min(K, 4)
+        rows += [(f"engine, {k} members, two products", _rate(shared(k, float("inf")), f1 * k * steps)),
+                 (f"engine, {k} members, one fused pass over X", _rate(shared(k, 0.0), f1 * k * steps))]
     for name, r in rows:
         print(f"  {name:44s} {r:7.2f} GFLOP/s")
     print(f"  shared-X / batched: {rows[4][1] / rows[3][1]:.1f}x   shared-X / single: {rows[4][1] / rows[2][1]:.1f}x   "

@@ -76,6 +76,27 @@ def test_device_style_masked_stepping_equals_host_compaction():
         np.testing.assert_allclose(a[ok], b[ok], rtol=1e-10, atol=1e-14)
 
 
+def test_fused_pass_over_x_equals_two_products():
+    """The one-pass (row blocks) step used when X does not fit in cache gives the same trajectories."""
+    c = member_configs(compose("unused", configs_arg(["{}", "{lam_pt:-0.99,omega:0.5}", "{gamma:10.0}"])))
+    X, members = {}, []
+    for cc in c:
+        data = [member_data(cc.dln, s, X.setdefault(s, ft_inputs(cc.dln, s))) for s in (0, 1)]
+        st = start_state(cc.dln, data)
+        members += [Member(s, m.y, type(st)(*(f[b] for f in st))) for b, (s, m) in enumerate(zip((0, 1), data))]
+    out = []
+    for fused_bytes in (float("inf"), 0):
+        eng = SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=3000, fused_min_bytes=fused_bytes,
+                            fused_rows=7)
+        eng.run()
+        out.append(eng.snapshot())
+    (f1, s1, st1, _), (f2, s2, st2, _) = out
+    assert st1 == st2 and "diverged" in st1 and np.abs(np.array(s1) - np.array(s2)).max() <= 1
+    ok = np.array([s != "diverged" for s in st1])
+    for a, b in zip(f1, f2):
+        np.testing.assert_allclose(a[ok], b[ok], rtol=1e-8, atol=1e-12)
+
+
 def test_finished_configurations_are_skipped_and_single_jobs_find_them(tmp_path):
     entries = ["{}", "{gamma:1.0}"]
     first = run_jobs(compose(tmp_path, configs_arg(entries)))
