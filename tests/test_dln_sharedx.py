@@ -167,3 +167,20 @@ def test_cuda_engine_matches_cpu(tmp_path):
     gpu = run_jobs(compose(tmp_path / "gpu", entries, "device=cuda"))
     for (_, a), (_, b) in zip(cpu, gpu):
         assert_same_members(b, a)
+
+
+def test_panel_presets_hold_the_drivers_points(tmp_path):
+    """experiment=dln_panel_X at one alpha: one job whose configurations are the panel's curves, with the
+    run directories ptft.analysis.dln_sims uses for those points."""
+    from ptft.analysis.dln_sims import job_overrides
+    from ptft.analysis.panels import PANELS, curve_config
+    from ptft.dln.main import scientific
+    from ptft.train.store import config_hash
+
+    for p, (_, curves) in PANELS.items():
+        cfg = app.compose("dln", [f"experiment=dln_panel_{p}", "dln.alpha=0.108", f"store.root={tmp_path}"])
+        got = sorted(config_hash(scientific(c)) for c in member_configs(cfg))
+        want = sorted(config_hash(scientific(app.compose("dln", job_overrides(curve_config(c), 0.108, 1000, 5,
+                                                                             str(tmp_path)))))
+                      for c in curves)
+        assert got == want, p
