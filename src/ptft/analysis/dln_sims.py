@@ -3,9 +3,12 @@
     python -m ptft.analysis.dln_sims --scale cpu --workers 2     # D = 1000, 5 seeds (this machine)
     python -m ptft.analysis.dln_sims --scale paper --workers 32  # D = 5000, 14 seeds (GPU or cluster)
 
-Every (curve, alpha) is one batched `ptft-dln` job over the seeds, in the run store (`--store`), so an
-interrupted driver picks up where it stopped and finished jobs are never rerun. Writes a tidy CSV with
-one row per (curve, alpha): the dln.* values, D, seeds, the mean test error and its 95% CI.
+Every alpha is one multi-configuration `ptft-dln` job (`dln.configs` = the panels' curves at that alpha,
+times the seeds): all its members at one seed share the inputs X, so the shared-X engine steps them
+with matrix products (ptft.dln.sharedx). Each (curve, alpha) still has its own run directory in the
+run store (`--store`), the one of the single-configuration job, so an interrupted driver picks up where
+it stopped and finished points are never rerun. Writes a tidy CSV with one row per (curve, alpha): the
+dln.* values, D, seeds, the mean test error and its 95% CI.
 """
 from __future__ import annotations
 
@@ -24,23 +27,51 @@ from ptft.analysis.panels import PANELS, SCALES, SIM_ALPHAS, curve_config
 CONFIG_KEYS = ["rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega"]
 
 
-def job_overrides(curve: dict, alpha: float, dim: int, seeds: int, store: str, device: str = "cpu") -> list[str]:
+def _curve_keys(curve: dict) -> dict:
     # a large readout scale (gamma = 10: c_FT >= 50) makes lr 0.5 unstable at small n: cap the step there
-    cap = ["dln.lr_cap=true"] if curve.get("gamma", 0.0) >= 5 else []
-    return [f"dln.{k}={v}" for k, v in curve.items()] + cap + [
-        f"dln.alpha={alpha}", f"dln.dim={dim}", f"dln.seeds={list(range(seeds))}", f"store.root={store}",
-        "wandb.mode=disabled", "name=dln_sims", f"device={device}"]
+    return {**curve, **({"lr_cap": True} if curve.get("gamma", 0.0) >= 5 else {})}
+
+
+def _common(alpha: float, dim: int, seeds: int, store: str, device: str) -> list[str]:
+    return [f"dln.alpha={alpha}", f"dln.dim={dim}", f"dln.seeds={list(range(seeds))}", f"store.root={store}",
+            "wandb.mode=disabled", "name=dln_sims", f"device={device}"]
+
+
+def _value(v) -> str:
+    return "true" if v is True else "false" if v is False else repr(v)
+
+
+def job_overrides(curve: dict, alpha: float, dim: int, seeds: int, store: str, device: str = "cpu") -> list[str]:
+    """The single-configuration job of one (curve, alpha): its run directory is the point's."""
+    return [f"dln.{k}={_value(v)}" for k, v in _curve_keys(curve).items()] + _common(alpha, dim, seeds, store, device)
+
+
+def group_overrides(curves: list[dict], alpha: float, dim: int, seeds: int, store: str,
+                    device: str = "cpu") -> list[str]:
+    """One multi-configuration job over `curves` at one alpha (shared X per seed)."""
+    entries = ",".join("{" + ",".join(f"{k}:{_value(v)}" for k, v in _curve_keys(c).items()) + "}" for c in curves)
+    return [f"dln.configs=[{entries}]"] + _common(alpha, dim, seeds, store, device)
 
 
 def _run(overrides: list[str]) -> dict:
+    return _run_group(overrides)[0]
+
+
+def _timed_group(overrides: list[str]) -> tuple[list[dict], float]:
+    """_run_group and the CPU seconds the worker spent on it (the wall time on a shared machine is not)."""
+    t0 = time.process_time()
+    res = _run_group(overrides)
+    return res, time.process_time() - t0
+
+
+def _run_group(overrides: list[str]) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
     from ptft import app
-    from ptft.dln.main import run_job
+    from ptft.dln.main import run_jobs
 
-    _, res = run_job(app.compose("dln", overrides))
-    return res
+    return [res for _, res in run_jobs(app.compose("dln", overrides))]
 
 
 def ci95(x: np.ndarray) -> float:
@@ -64,6 +95,14 @@ def jobs_for(panels: str) -> list[tuple[dict, float]]:
     return sorted(jobs, key=lambda j: is_slow(j[0]))
 
 
+def groups_for(panels: str) -> list[tuple[list[dict], float]]:
+    """The points of jobs_for(panels) grouped by alpha, largest alpha (most work) first."""
+    by_alpha: dict[float, list[dict]] = {}
+    for c, a in jobs_for(panels):
+        by_alpha.setdefault(a, []).append(c)
+    return [(by_alpha[a], a) for a in sorted(by_alpha, reverse=True)]
+
+
 def is_slow(curve: dict) -> bool:
     """Rich fine-tuning onto new features (a tiny c_FT = 2 c (1 + lam) + gamma^2 / 2 off the PT
     support, omega < 1) needs 10-100x more GD steps than the rest: such jobs run last."""
@@ -72,24 +111,34 @@ def is_slow(curve: dict) -> bool:
 
 
 def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out: Path | None = None,
-             panels: str = "".join(PANELS)) -> list[dict]:
-    sc = SCALES[scale]
-    jobs = jobs_for(panels)
+             panels: str = "".join(PANELS), alphas: list[float] | None = None,
+             seeds: int | None = None) -> list[dict]:
+    """Run (or find finished) every point of `panels`; `alphas` / `seeds` restrict the scale's grid
+    (e.g. a paper-scale slice: scale paper, one alpha, 2 seeds)."""
+    sc = dict(SCALES[scale])
+    if seeds is not None:
+        sc["seeds"] = seeds
+    groups = [(cs, a) for cs, a in groups_for(panels) if alphas is None or any(abs(a - x) < 1e-9 for x in alphas)]
     rows = []
-    t0 = time.time()
+    t0, cpu_total = time.time(), 0.0
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futs = {pool.submit(_run, job_overrides(c, a, sc["dim"], sc["seeds"], store, device)): (c, a) for c, a in jobs}
+        futs = {pool.submit(_timed_group, group_overrides(cs, a, sc["dim"], sc["seeds"], store, device)): (cs, a)
+                for cs, a in groups}
         for i, f in enumerate(as_completed(futs), 1):
-            curve, alpha = futs[f]
-            res = f.result()
-            members = res.get("members", [res])
-            err = np.array([m["test_mse"] for m in members])
-            rows.append({**{k: curve[k] for k in CONFIG_KEYS}, "alpha": alpha, "dim": sc["dim"], "seeds": len(err),
-                         "error_mean": float(err.mean()), "error_ci95": ci95(err),
-                         "status": res["status"], "steps_max": max(m["steps"] for m in members)})
-            print(f"[{i}/{len(jobs)} {time.time() - t0:7.0f}s] alpha={alpha:.3f} {curve} -> {err.mean():.4g} "
-                  f"({res['status']})", flush=True)
+            curves, alpha = futs[f]
+            results, cpu_s = f.result()
+            cpu_total += cpu_s
+            for curve, res in zip(curves, results):
+                members = res.get("members", [res])
+                err = np.array([m["test_mse"] for m in members])
+                rows.append({**{k: curve[k] for k in CONFIG_KEYS}, "alpha": alpha, "dim": sc["dim"],
+                             "seeds": len(err), "error_mean": float(err.mean()), "error_ci95": ci95(err),
+                             "status": res["status"], "steps_max": max(m["steps"] for m in members)})
+            bad = sum(r["status"] != "ok" for r in rows[-len(curves):])
+            print(f"[{i}/{len(groups)} {time.time() - t0:7.0f}s] alpha={alpha:.3f}: {len(curves)} curves x "
+                  f"{sc['seeds']} seeds done ({bad} not ok), {cpu_s:.0f} CPU s (all jobs so far: {cpu_total:.0f})",
+                  flush=True)
             if out is not None:  # rewritten after every job: an interrupted driver leaves a usable table
                 write_csv(rows, out)
     rows.sort(key=lambda r: tuple(r[k] for k in CONFIG_KEYS) + (r["alpha"],))
@@ -117,12 +166,26 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--panels", default="".join(PANELS), help="which panels to simulate, e.g. acf (default all)")
     ap.add_argument("--out", type=Path, default=None, help="CSV (default results/dln_sims_<scale>.csv)")
+    ap.add_argument("--alphas", default=None, help="only these of the 11 simulation alphas, e.g. 0.059,0.5")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default: the scale's)")
     a = ap.parse_args()
     if a.workers < 1:
         ap.error("--workers must be >= 1")
     if any(p not in PANELS for p in a.panels):
         ap.error(f"--panels takes letters from {''.join(PANELS)}")
-    simulate(a.scale, a.store, a.workers, a.device, a.out or Path(f"results/dln_sims_{a.scale}.csv"), a.panels)
+    alphas = None
+    if a.alphas is not None:
+        try:
+            alphas = [float(x) for x in a.alphas.split(",")]
+        except ValueError:
+            ap.error(f"--alphas takes comma-separated numbers, got {a.alphas!r}")
+        unknown = [x for x in alphas if not any(abs(x - s) < 1e-9 for s in SIM_ALPHAS)]
+        if unknown:
+            ap.error(f"--alphas {unknown} not among the simulation alphas {list(SIM_ALPHAS)}")
+    if a.seeds is not None and a.seeds < 1:
+        ap.error("--seeds must be >= 1")
+    simulate(a.scale, a.store, a.workers, a.device, a.out or Path(f"results/dln_sims_{a.scale}.csv"), a.panels,
+             alphas, a.seeds)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from ptft import ConfigError
 from ptft.dln.teachers import check_feasible
@@ -28,6 +28,9 @@ class DLNConfig:
     alpha_pt: float = 2.0       # n_PT / D when pt=train
     seeds: Optional[List[int]] = None  # several seeds as one batched job (overrides `seed`)
     lr_cap: bool = False        # cap each member's step at its stability limit (see DLNTask.stable_lr)
+    # several configurations as one job: each entry overrides dln.* keys (not seeds/configs), e.g.
+    # [{c_pt: 1e-6}, {c_pt: 1e-3, omega: 0.0}]; each gets the run directory of its single job
+    configs: Optional[List[Dict[str, Any]]] = None
 
 
 @dataclass

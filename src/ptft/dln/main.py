@@ -3,8 +3,11 @@
     ptft-dln                                   # defaults: one seed, CPU, wandb offline
     ptft-dln -m dln.lam_pt=-0.99,0,0.99 dln.omega=0,1
     ptft-dln 'dln.seeds=[0,1,2,3,4]'           # five seeds as one batched job
+    ptft-dln 'dln.configs=[{c_pt:1e-6},{c_pt:1e-3,omega:0.0}]' 'dln.seeds=[0,1]'
+                                               # two configurations x two seeds in one job (one run
+                                               # directory per configuration; ptft.dln.multi)
 
-The run directory (printed as the last line) is <store.root>/dln/<hash of the scientific config>.
+The run directory (printed as the last line; one line per configuration) is <store.root>/dln/<hash of the scientific config>.
 A finished run is not trained again (force=true reruns it); a killed run resumes from its checkpoint.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft import app
 from ptft.dln.config import NON_SCIENTIFIC_TRAIN, DLNApp, validate
 from ptft.dln.model import DLNState, invariants
+from ptft.dln.model import beta as beta_of
 from ptft.dln.task import DLNTask, member_data, pt_data, start_state, test_mse
 from ptft.log import Logger, progress
 from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
@@ -38,6 +42,7 @@ def scientific(cfg: DictConfig) -> dict[str, Any]:
     """The keys that define a run's numbers (its identity in the run store)."""
     d = OmegaConf.to_container(cfg.dln, resolve=True)
     d.pop("seeds")
+    d.pop("configs", None)  # a multi-configuration job is one run per configuration
     if not d["lr_cap"]:
         d.pop("lr_cap")  # keeps the identity of runs made before the knob existed
     if d["pt"] == "exact":
@@ -70,14 +75,17 @@ def _train_pt(cfg: DictConfig, run: RunDir, members: list, device: str) -> DLNSt
     return task.state()
 
 
-def _member_results(cfg, members, task: DLNTask, start: DLNState, out: dict, pt_info: dict | None) -> list[dict]:
+def _member_results(cfg, members, start: DLNState, final: DLNState, train_mse: np.ndarray, out: dict,
+                    pt_info: dict | None, tests: np.ndarray | None = None) -> list[dict]:
+    """Per-seed result rows of one configuration from its start and final factors (B, D); `tests`:
+    the members' test MSE if already computed (a multi-configuration job does all at once)."""
     c0, l0 = invariants(start)
-    c1, l1 = invariants(task.state())
-    beta = task.beta().detach().cpu().numpy()
-    train_mse = task.evaluate()["train_mse"].cpu().numpy()
+    c1, l1 = invariants(final)
     with np.errstate(over="ignore", invalid="ignore"):  # a diverged member's errors are inf/nan, reported so
+        beta = beta_of(final)
         errs = beta - np.stack([m.beta_star for m in members])
-        tests = test_mse(errs, cfg.dln.n_test)
+        if tests is None:
+            tests = test_mse(errs, cfg.dln.n_test)
         param = np.sum(errs**2, axis=1) / errs.shape[1]
     res = []
     for b, m in enumerate(members):
@@ -153,7 +161,8 @@ def run_job(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
                         name=app.overrides_name(), resume_step=trainer.step if resumed else None) as logger:
                 trainer._log = logger.log
                 out = trainer.run()
-                result = summarise(_member_results(cfg, members, task, start, out, pt_info))
+                train_mse = task.evaluate()["train_mse"].cpu().numpy()
+                result = summarise(_member_results(cfg, members, start, task.state(), train_mse, out, pt_info))
                 logger.summary(result)
         run.write_result(result)
         atomic_write_json(run.file("timing.json"), {"wall_s": time.time() - t0, "resumed": resumed})
@@ -161,15 +170,24 @@ def run_job(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
     return run, result
 
 
+def run_jobs(cfg: DictConfig) -> list[tuple[RunDir, dict[str, Any]]]:
+    """A single-configuration job, or with `dln.configs` one run per configuration (ptft.dln.multi)."""
+    if cfg.dln.get("configs") is not None:
+        from ptft.dln.multi import run_multi
+
+        return run_multi(cfg)
+    return [run_job(cfg)]
+
+
 @app.entry("dln")
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(int(torch.get_num_threads()))
-    run, result = run_job(cfg)
-    keys = ("status", "steps", "train_mse", "test_mse", "param_mse") if "members" not in result else (
-        "status", "test_mse_mean", "param_mse_mean")
-    print("[ptft] " + "  ".join(f"{k}={result[k]:.4g}" if isinstance(result[k], float) else f"{k}={result[k]}"
-                               for k in keys if k in result), flush=True)
-    print(run.path, flush=True)
+    for run, result in run_jobs(cfg):
+        keys = ("status", "steps", "train_mse", "test_mse", "param_mse") if "members" not in result else (
+            "status", "test_mse_mean", "param_mse_mean")
+        print("[ptft] " + "  ".join(f"{k}={result[k]:.4g}" if isinstance(result[k], float) else f"{k}={result[k]}"
+                                   for k in keys if k in result), flush=True)
+        print(run.path, flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ trajectory is the same whether it trains alone or in a batch (up to float roundi
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -31,11 +32,18 @@ class MemberData:
     y: np.ndarray
 
 
-def member_data(d: Any, seed: int) -> MemberData:
-    """Teachers and FT training data of one member, per PAPER.md section 4."""
+def ft_inputs(d: Any, seed: int) -> np.ndarray:
+    """The FT inputs X of a member: a function of (seed, n, D) only, shared by every configuration
+    (teacher, init) at the same seed, alpha and dim."""
+    return make_inputs(int(round(d.alpha * d.dim)), d.dim, member_rng(seed, _X_FT))
+
+
+def member_data(d: Any, seed: int, X: np.ndarray | None = None) -> MemberData:
+    """Teachers and FT training data of one member, per PAPER.md section 4 (`X`: ft_inputs(d, seed),
+    if already drawn)."""
     beta_pt, beta_star = make_teachers(d.dim, d.rho_pt, d.rho_ft, d.omega, d.a_pt, member_rng(seed, _TEACHER))
     n = int(round(d.alpha * d.dim))
-    X = make_inputs(n, d.dim, member_rng(seed, _X_FT))
+    X = ft_inputs(d, seed) if X is None else X
     y = X @ beta_star + d.noise * member_rng(seed, _NOISE_FT).standard_normal(n)
     return MemberData(seed, beta_pt, beta_star, X, y)
 
@@ -61,6 +69,13 @@ def test_mse(beta_err: np.ndarray, n_test: int, chunk: int = 2048) -> np.ndarray
         total += np.sum((make_inputs(k, beta_err.shape[1], rng) @ beta_err.T) ** 2, axis=0)
         done += k
     return total / n_test
+
+
+@functools.lru_cache(maxsize=2)
+def test_inputs(dim: int, n_test: int, chunk: int = 2048) -> np.ndarray:
+    """The fixed test inputs of test_mse as one (n_test, dim) matrix (the same draws), kept for reuse."""
+    rng = np.random.default_rng(np.random.SeedSequence([0xD1A6, _X_TEST, dim]))
+    return np.concatenate([make_inputs(min(chunk, n_test - i), dim, rng) for i in range(0, n_test, chunk)])
 
 
 def start_state(d: Any, members: list[MemberData], pt_states: DLNState | None = None) -> DLNState:
