@@ -35,17 +35,18 @@ CLAIMS = {"init.kappa": ("kappa < 1 helps", {0.25: +1, 0.5: +1, 2.0: -1}, None),
 
 
 def chains(store: str, root: str) -> list[list[list[str]]]:
-    """Two chains of commands of about equal cost, most important first (the reference runs: chain A).
-
-    The values run are a CUT of the presets' grids (init.kappa=0.5, init.scale=0.5 and ft.readout_scale=3 left
-    out) so that 10 seeds fit the time budget on 2 shared cores; results/README.md says so."""
+    """Two chains of commands of about equal cost, most important first (the reference runs: chain A);
+    together they run the presets' full grids and STL."""
     common = [f"store.root={store}", f"data.root={root}", "wandb.mode=disabled"]
     ft = [str(BIN / "ptft-finetune"), "-m"]
     a = [ft + ["experiment=digits_relative_scale", f"init.kappa={v}"] + common for v in ("1", "0.25", "2")]
     a.append(ft + ["experiment=digits_absolute_scale", "init.scale=2"] + common)
+    a.append(ft + ["experiment=digits_relative_scale", "init.kappa=0.5"] + common)
     b = [ft + ["experiment=digits_relative_scale", "ft.mode=stl", "init.kappa=1"] + common,
          ft + ["experiment=digits_rescale", "ft.rescale=0.25"] + common,
-         ft + ["experiment=digits_readout_scale", "ft.readout_scale=0.1"] + common]
+         ft + ["experiment=digits_readout_scale", "ft.readout_scale=0.1"] + common,
+         ft + ["experiment=digits_readout_scale", "ft.readout_scale=3"] + common,
+         ft + ["experiment=digits_absolute_scale", "init.scale=0.5"] + common]
     return [a, b]
 
 
