@@ -72,7 +72,7 @@ def run_all(store: Path, workers: int, n_ft: list[int], seeds: list[int], extra:
     print(f"study: {len(todo)} jobs in {time.time() - t0:.0f} s with {workers} workers", flush=True)
 
 
-def report(store: Path, out: Path) -> None:
+def report(store: Path, out: Path, seeds: list[int]) -> None:
     import numpy as np
     import pandas as pd
     from scipy import stats
@@ -81,7 +81,11 @@ def report(store: Path, out: Path) -> None:
     from ptft.analysis.plot import main as plot_main
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect([store])
+    def seed_of(r: dict) -> int:  # a fine-tuning's seed, a pretraining's pretrain.seed (the same in this preset)
+        v = r.get("seed") if r.get("stage") == "finetune" else r.get("pretrain.seed")
+        return int(v) if v not in (None, "") else -1
+
+    rows = [r for r in collect([store]) if seed_of(r) in seeds]  # the requested seeds only
     to_csv(rows, out / "modarith_study.csv")
     df = pd.DataFrame(rows)
     for key, vals in KNOBS.items():
@@ -133,7 +137,7 @@ def main() -> None:
     a = ap.parse_args()
     if not a.report_only:
         run_all(a.store.resolve(), a.workers, a.n_ft, a.seeds, a.overrides)
-    report(a.store.resolve(), a.out)
+    report(a.store.resolve(), a.out, a.seeds)
 
 
 if __name__ == "__main__":
