@@ -359,10 +359,10 @@ def data_argv(draw, root: Path) -> tuple[list[str], bool]:
 def test_data_cli_generated_arguments(capsys, tmp_path, monkeypatch):
     from ptft.vision import synthetic
 
-    real = synthetic.make_images
+    real = synthetic.make_dataset
     # the real generator on one image per class (generated sizes may be huge): seeds, noise and shifts
     # still go through the real code
-    monkeypatch.setattr(synthetic, "make_images", lambda n, ntr, nte, *a: real(n, 1, 1, *a))
+    monkeypatch.setattr(synthetic, "make_dataset", lambda n, ntr, nte, *a, **k: real(n, 1, 1, *a, **k))
 
     @settings(max_examples=max(N // 3, 20), **SETTINGS)
     @given(data_argv(tmp_path))
