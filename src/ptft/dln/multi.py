@@ -16,7 +16,6 @@ configurations run one by one through the trainer.
 """
 from __future__ import annotations
 
-import io
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -34,7 +33,7 @@ from ptft.dln.model import beta as beta_of
 from ptft.dln.sharedx import RUNNING, Member, SharedXEngine
 from ptft.dln.task import ft_inputs, member_data, start_state, test_inputs
 from ptft.log import Logger, progress
-from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
+from ptft.train.store import RunDir, atomic_write_json, read_checkpoint, write_checkpoint
 from ptft.train.trainer import _Signals
 
 _ENTRY_KEYS = set(DLNConfig.__dataclass_fields__) - {"seeds", "configs"}
@@ -90,9 +89,7 @@ def _checkpoint(path, factors, steps, status, loss, step: int) -> None:
           "active": torch.tensor([s == RUNNING for s in status]), "status": list(status),
           "last_loss": torch.as_tensor(loss, dtype=torch.float64), "ep_sum": torch.zeros(B, dtype=torch.float64),
           "n_batches": 0}
-    buf = io.BytesIO()
-    torch.save(st, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_checkpoint(path, st)
 
 
 def run_multi(cfg: DictConfig) -> list[tuple[RunDir, dict[str, Any]]]:
@@ -160,7 +157,7 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
         cur, steps, status, loss, step0 = start, [0] * len(data), [RUNNING] * len(data), [float("nan")] * len(data), 0
         ckpt = run.file("checkpoint.pt")
         if ckpt.exists():  # resume (a checkpoint of this job or of the single job: same format)
-            st = torch.load(ckpt, map_location="cpu", weights_only=True)
+            st = read_checkpoint(ckpt)
             cur = DLNState(*(st["task"][k].numpy() for k in DLNState._fields))
             steps, status, loss, step0 = st["steps"].tolist(), list(st["status"]), st["last_loss"].tolist(), int(st["step"])
         per_cfg.append(dict(cfg=c, run=run, data=data, start=start, pt_info=pt_info, first=len(members),
