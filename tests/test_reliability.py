@@ -253,7 +253,7 @@ def test_damaged_artifact_is_detected_by_its_recorded_sha256(tmp_path, capsys):
 @pytest.mark.slow
 def test_finetune_retrains_a_damaged_pretrained_model_under_the_lock(tmp_path, capsys):
     from ptft.vision import synthetic
-    from ptft.vision.main import run_finetune
+    from ptft.pipeline.main import run_finetune
 
     synthetic.generate(tmp_path / "data", "cifar100", n_train_per_class=4, n_test_per_class=2, seed=0)
     ov = [f"data.root={tmp_path / 'data'}", f"store.root={tmp_path / 'st'}", "model.width=4", "wandb.mode=disabled",
