@@ -42,7 +42,6 @@ marker stops the generator.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pickle
@@ -56,6 +55,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ptft import ArgumentParser, ConfigError
+from ptft.train.store import sha256_file  # noqa: F401  (ptft.vision.data imports it from here)
 
 MARKER = "PTFT_SYNTHETIC.json"
 NUM_CLASSES = {"cifar100": 100, "svhn": 10}
@@ -69,14 +69,6 @@ def dataset_files(fmt: str) -> list[str]:
     if fmt == "svhn":
         return ["train_32x32.mat", "test_32x32.mat"]
     raise ConfigError(f"format={fmt!r} must be one of {sorted(NUM_CLASSES)}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_marker(root: Path) -> dict[str, Any]:
