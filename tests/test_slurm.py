@@ -227,8 +227,13 @@ def _interrupt_and_compare(env: dict, tmp_path: Path, interrupt, relaunch_on_rac
         for proc in (p, base):
             if proc.poll() is None:
                 proc.kill()
-    acct = sh(env, "sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State").split()
-    assert acct == ["REQUEUED", "COMPLETED"], acct  # it really ran twice
+    def acct() -> list[str]:
+        return sh(env, "sacct", "-D", "-X", "-n", "-P", "-j", job, "-o", "State").split()
+
+    # the launcher returns once the result is readable; the job's epilog (and so its final
+    # accounting state) may still be running, as for the array tasks above
+    wait_until(lambda: acct()[-1:] not in (["RUNNING"], ["COMPLETING"]), 60, "the job to leave RUNNING in sacct")
+    assert acct() == ["REQUEUED", "COMPLETED"], acct()  # it really ran twice
     (run,) = store.glob("dln/*/result.json")
     (ref,) = (tmp_path / "base").glob("dln/*/result.json")
     assert run.parent.name == ref.parent.name  # same scientific config -> same hash
