@@ -1,10 +1,10 @@
 """Gradient descent through the real trainer converges to the implicit-bias solution of PAPER.md
 section 3 (Theorem 4.1) in each of the four regimes, and STL does not depend on lambda."""
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from ptft.dln.config import DLNConfig
 from ptft.dln.task import DLNTask, member_data, start_state
 from ptft.dln.theory import implicit_bias_solution, k_finetune
 from ptft.train.trainer import TrainConfig, Trainer
@@ -18,8 +18,8 @@ REGIMES = {  # PAPER.md section 6, at c = 1e-3
 
 
 def gd_solution(lam, gamma, *, lr, mode="ptft", dim=60, alpha=0.3, c=1e-3, threshold=1e-9, seed=0, omega=1.0):
-    d = SimpleNamespace(dim=dim, alpha=alpha, mode=mode, c_pt=c, lam_pt=lam, gamma=gamma, rho_pt=0.1, rho_ft=0.1,
-                        omega=omega, a_pt=1.0, noise=0.0)
+    d = DLNConfig(dim=dim, alpha=alpha, mode=mode, c_pt=c, lam_pt=lam, gamma=gamma, rho_pt=0.1, rho_ft=0.1,
+                  omega=omega, a_pt=1.0, noise=0.0)
     m = member_data(d, seed)
     task = DLNTask([m.X], [m.y], start_state(d, [m]))
     if gamma >= 5:  # c_FT >= gamma^2 / 2: lr 0.5 is above the stability limit at this n (dln.lr_cap)

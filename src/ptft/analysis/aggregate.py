@@ -71,9 +71,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def added_defaults() -> dict[str, Any]:
+    """Config keys added after runs were stored, with their defaults: a run made before a key existed
+    and one at its default are the same configuration (as in the run identity), so neither gets a column."""
+    from ptft.dln.config import NEW_DLN_KEYS
+    from ptft.train.trainer import NEW_TRAIN_KEYS
+
+    return {**{f"{pre}.{k}": v for pre in ("train", "pretrain.train") for k, v in NEW_TRAIN_KEYS.items()},
+            **{f"dln.{k}": v for k, v in NEW_DLN_KEYS.items()}}
+
+
 def config_columns(config: dict[str, Any]) -> dict[str, Any]:
-    """The scientific part of a resolved config, flattened."""
-    return flatten({k: v for k, v in config.items() if k not in NON_SCIENTIFIC})
+    """The scientific part of a resolved config, flattened (keys added later left out at their defaults)."""
+    added = added_defaults()
+    return {k: v for k, v in flatten({k: v for k, v in config.items() if k not in NON_SCIENTIFIC}).items()
+            if not (k in added and v == added[k])}
 
 
 def run_rows(run_dir: Path, job_dir: Optional[Path] = None) -> list[dict[str, Any]]:

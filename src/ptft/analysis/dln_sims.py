@@ -32,8 +32,10 @@ def _curve_keys(curve: dict) -> dict:
     return {**curve, **({"lr_cap": True} if curve.get("gamma", 0.0) >= 5 else {})}
 
 
-def _common(alpha: float, dim: int, seeds: int, store: str, device: str) -> list[str]:
-    return [f"dln.alpha={alpha}", f"dln.dim={dim}", f"dln.seeds={list(range(seeds))}", f"store.root={store}",
+def _common(alpha: float, dim: int, seeds: int | list[int], store: str, device: str) -> list[str]:
+    """`seeds`: a count (seeds 0 .. seeds - 1) or the list of seeds."""
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    return [f"dln.alpha={alpha}", f"dln.dim={dim}", f"dln.seeds={seeds}", f"store.root={store}",
             "wandb.mode=disabled", "name=dln_sims", f"device={device}"]
 
 
@@ -46,7 +48,7 @@ def job_overrides(curve: dict, alpha: float, dim: int, seeds: int, store: str, d
     return [f"dln.{k}={_value(v)}" for k, v in _curve_keys(curve).items()] + _common(alpha, dim, seeds, store, device)
 
 
-def group_overrides(curves: list[dict], alpha: float, dim: int, seeds: int, store: str,
+def group_overrides(curves: list[dict], alpha: float, dim: int, seeds: int | list[int], store: str,
                     device: str = "cpu") -> list[str]:
     """One multi-configuration job over `curves` at one alpha (shared X per seed)."""
     entries = ",".join("{" + ",".join(f"{k}:{_value(v)}" for k, v in _curve_keys(c).items()) + "}" for c in curves)

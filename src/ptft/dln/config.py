@@ -31,6 +31,33 @@ class DLNConfig:
     # several configurations as one job: each entry overrides dln.* keys (not seeds/configs), e.g.
     # [{c_pt: 1e-6}, {c_pt: 1e-3, omega: 0.0}]; each gets the run directory of its single job
     configs: Optional[List[Dict[str, Any]]] = None
+    # Lippl & Lindsey's DLN variant (PAPER.md section 7; preset experiment=ll_dln_rescale)
+    teacher: str = "paper"      # paper: rho/omega teachers of section 4 | ll: k_pt / k_ft / overlap +-1/sqrt(k) teachers
+    k_pt: int = 40              # teacher=ll: PT support size, values +-1/sqrt(k_pt)
+    k_ft: int = 5               # teacher=ll: FT support size, values +-1/sqrt(k_ft)
+    overlap: int = 5            # teacher=ll: FT coordinates taken from the PT support (same signs); the rest new
+    inputs: str = "gaussian"    # gaussian: N(0, 1/D) entries | unit_norm: each sample rescaled to unit mean square
+    n_ft: Optional[int] = None  # FT (or STL) sample count; replaces alpha * dim when set
+    n_pt: Optional[int] = None  # PT sample count (pt=train); replaces alpha_pt * dim when set
+    ft_reinit: str = "sum"      # sum: w+ = w- = w+_PT + w-_PT, v = gamma/sqrt(2) | scale: w = w_rescale * w_PT, v = readout_const
+    w_rescale: float = 1.0      # ft_reinit=scale: factor s on both first-layer pathways
+    readout_const: float = 1e-3  # ft_reinit=scale: both readout pathways v+ = v- are set to this
+
+
+# dln keys added after runs were stored: left out of a run's identity while at these defaults
+NEW_DLN_KEYS = {"teacher": "paper", "k_pt": 40, "k_ft": 5, "overlap": 5, "inputs": "gaussian", "n_ft": None,
+                "n_pt": None, "ft_reinit": "sum", "w_rescale": 1.0, "readout_const": 1e-3}
+TEACHER_KEYS = {"paper": ("rho_pt", "rho_ft", "omega", "a_pt"), "ll": ("k_pt", "k_ft", "overlap")}
+
+
+def n_ft(d) -> int:
+    """FT (or STL) training samples: dln.n_ft, else round(alpha * dim)."""
+    return int(d.n_ft) if d.n_ft is not None else int(round(d.alpha * d.dim))
+
+
+def n_pt(d) -> int:
+    """PT training samples (pt=train): dln.n_pt, else max(1, round(alpha_pt * dim))."""
+    return int(d.n_pt) if d.n_pt is not None else max(1, int(round(d.alpha_pt * d.dim)))
 
 
 @dataclass
@@ -51,7 +78,6 @@ class DLNApp:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-NON_SCIENTIFIC_TRAIN = ("log_every", "eval_every", "ckpt_every_s")
 
 
 SEED_MAX = 2**63 - 1  # numpy's SeedSequence takes non-negative integers; torch takes 64-bit ones
@@ -66,13 +92,17 @@ def validate(cfg) -> None:
     d = cfg.dln
     if d.dim < 1:
         raise ConfigError(f"dln.dim={d.dim} must be >= 1")
-    if not d.alpha > 0:
+    if d.n_ft is None and not d.alpha > 0:
         raise ConfigError(f"dln.alpha={d.alpha} must be > 0")
-    n = d.alpha * d.dim
+    for key in ("n_ft", "n_pt"):
+        v = getattr(d, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"dln.{key}={v} must be >= 1 (or null: use dln.{'alpha' if key == 'n_ft' else 'alpha_pt'})")
+    n = n_ft(d)
     if n * d.dim > 2**37:  # the FT inputs alone would need more than 1 TiB (float64)
         raise ConfigError(f"dln.alpha * dln.dim = {n:g} samples of dimension dln.dim={d.dim} do not fit in memory; "
                           f"lower dln.alpha or dln.dim")
-    if int(round(n)) < 1:
+    if n < 1:
         raise ConfigError(f"dln.alpha * dln.dim = {d.alpha * d.dim:g} gives no training sample; raise alpha or dim")
     if d.mode not in ("ptft", "stl"):
         raise ConfigError(f"dln.mode={d.mode!r} must be 'ptft' or 'stl'")
@@ -88,7 +118,10 @@ def validate(cfg) -> None:
         raise ConfigError(f"dln.n_test={d.n_test} must be >= 1")
     if d.pt not in ("exact", "train"):
         raise ConfigError(f"dln.pt={d.pt!r} must be 'exact' or 'train'")
-    if d.pt == "train" and not d.alpha_pt > 0:
+    if d.n_pt is not None and d.pt != "train":
+        raise ConfigError(f"dln.n_pt={d.n_pt} is the PT sample count of dln.pt=train; with dln.pt={d.pt} PT "
+                          f"is not trained on data (leave dln.n_pt null or set dln.pt=train)")
+    if d.pt == "train" and d.n_pt is None and not d.alpha_pt > 0:
         raise ConfigError(f"dln.alpha_pt={d.alpha_pt} must be > 0")
     for key, v in [("seed", cfg.seed)] + [(f"dln.seeds[{i}]", x) for i, x in enumerate(d.seeds or [])]:
         if not 0 <= v <= SEED_MAX:
@@ -97,10 +130,38 @@ def validate(cfg) -> None:
         raise ConfigError("dln.seeds=[] is empty; give at least one seed or null")
     if d.seeds is not None and len(set(d.seeds)) != len(d.seeds):
         raise ConfigError(f"dln.seeds={list(d.seeds)} has repeated seeds")
-    check_feasible(d.rho_pt, d.rho_ft, d.omega)
-    if d.a_pt == 0 and d.mode == "ptft":
+    _validate_ll(d)
+    if d.teacher == "paper":
+        check_feasible(d.rho_pt, d.rho_ft, d.omega)
+    if d.a_pt == 0 and d.mode == "ptft" and d.teacher == "paper":
         raise ConfigError("dln.a_pt=0 makes the PT teacher zero; use dln.mode=stl for no pretraining")
     validate_train(cfg.train)
     if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise ConfigError(f"device={cfg.device!r} must be cpu, cuda or cuda:N")
     resolve_mode(cfg.wandb.mode)
+
+
+def _validate_ll(d) -> None:
+    """The keys of Lippl & Lindsey's variant: teacher sizes, inputs, FT re-initialisation."""
+    if d.teacher not in TEACHER_KEYS:
+        raise ConfigError(f"dln.teacher={d.teacher!r} must be one of {list(TEACHER_KEYS)}")
+    if d.inputs not in ("gaussian", "unit_norm"):
+        raise ConfigError(f"dln.inputs={d.inputs!r} must be 'gaussian' or 'unit_norm'")
+    if d.ft_reinit not in ("sum", "scale"):
+        raise ConfigError(f"dln.ft_reinit={d.ft_reinit!r} must be 'sum' (the paper: w+ = w- = their PT sum, "
+                          f"readout gamma / sqrt(2)) or 'scale' (LL: w = w_rescale * w_PT, readout readout_const)")
+    if not d.w_rescale > 0:
+        raise ConfigError(f"dln.w_rescale={d.w_rescale} must be > 0 (the factor s on the pretrained first layer)")
+    if not d.readout_const >= 0:
+        raise ConfigError(f"dln.readout_const={d.readout_const} must be >= 0")
+    if d.teacher == "ll":
+        if not 1 <= d.k_pt <= d.dim:
+            raise ConfigError(f"dln.k_pt={d.k_pt} must be in [1, dln.dim={d.dim}]")
+        if not 1 <= d.k_ft <= d.dim:
+            raise ConfigError(f"dln.k_ft={d.k_ft} must be in [1, dln.dim={d.dim}]")
+        if not 0 <= d.overlap <= min(d.k_ft, d.k_pt):
+            raise ConfigError(f"dln.overlap={d.overlap} must be in [0, min(dln.k_ft={d.k_ft}, dln.k_pt={d.k_pt})] "
+                              f"(FT coordinates shared with the PT support)")
+        if d.k_pt + d.k_ft - d.overlap > d.dim:
+            raise ConfigError(f"dln.k_pt + dln.k_ft - dln.overlap = {d.k_pt + d.k_ft - d.overlap} coordinates do not "
+                              f"fit in dln.dim={d.dim}; lower k_ft or raise overlap or dim")

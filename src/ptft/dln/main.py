@@ -13,20 +13,22 @@ A finished run is not trained again (force=true reruns it); a killed run resumes
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from typing import Any
 
+import filelock
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ptft import app
-from ptft.dln.config import NON_SCIENTIFIC_TRAIN, DLNApp, validate
+from ptft.dln.config import NEW_DLN_KEYS, DLNApp, validate
 from ptft.dln.model import DLNState, invariants
 from ptft.dln.model import beta as beta_of
 from ptft.dln.task import DLNTask, member_data, pt_data, start_state, test_mse
 from ptft.log import Logger, progress
-from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
-from ptft.train.trainer import Trainer
+from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json, previous_checkpoint, read_checkpoint, write_checkpoint
+from ptft.train.trainer import Trainer, train_identity
 
 app.register("dln_schema", DLNApp)
 app.register_validator("dln", validate)
@@ -45,34 +47,66 @@ def scientific(cfg: DictConfig) -> dict[str, Any]:
     d.pop("configs", None)  # a multi-configuration job is one run per configuration
     if not d["lr_cap"]:
         d.pop("lr_cap")  # keeps the identity of runs made before the knob existed
-    if d["pt"] == "exact":
+    if d["pt"] == "exact" or d["n_pt"] is not None:
         d.pop("alpha_pt")
-    tr = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k not in NON_SCIENTIFIC_TRAIN}
+    if d["n_ft"] is not None:
+        d.pop("alpha")
+    for k, default in NEW_DLN_KEYS.items():  # keeps the identity of runs made before these keys existed
+        if d[k] == default:
+            d.pop(k)
+    tr = train_identity(OmegaConf.to_container(cfg.train, resolve=True))
     return {"dln": d, "train": tr, "seeds": seeds_of(cfg)}
 
 
-def _train_pt(cfg: DictConfig, run: RunDir, members: list, device: str) -> DLNState:
-    """dln.pt=train: gradient descent on finite PT data from the (c, lam) init, same trainer."""
-    final = run.file("pt_state.pt")
-    if final.exists():
-        st = torch.load(final, weights_only=True)
-        return DLNState(*(st[k].numpy() for k in DLNState._fields))
+PT_KEYS = {"paper": ("rho_pt", "a_pt"), "ll": ("k_pt",)}  # the PT teacher's keys (its draw comes first)
+
+
+def pt_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a trained PT (dln.pt=train) depends on, per seed: the PT teacher, inputs, init and train
+    config; not the FT task, so every FT job (task, n_ft, re-initialisation) shares one PT per seed."""
+    from ptft.dln.config import n_pt
+
     d = cfg.dln
-    data = [pt_data(d, m) for m in members]
+    keys = ("dim", "teacher", "inputs", "noise", "c_pt", "lam_pt") + PT_KEYS[d.teacher]
+    return {"dln": {**{k: d[k] for k in keys}, "n_pt": n_pt(d)},
+            "train": train_identity(OmegaConf.to_container(cfg.train, resolve=True))}
+
+
+def _train_pt(cfg: DictConfig, members: list, device: str) -> tuple[DLNState, dict[str, list]]:
+    """dln.pt=train: gradient descent on finite PT data from the (c, lam) init, same trainer. Each
+    seed's end state is kept in the PT store (<store.root>/dln_pt/<hash of pt_identity>/seed<N>.pt) and
+    reused by every FT job that needs it; returns the members' states and {pt_status, pt_steps}."""
     from ptft.dln.model import init_state
 
-    task = DLNTask([x for x, _ in data], [y for _, y in data], init_state(d.c_pt, d.lam_pt, (len(members), d.dim)),
-                   device)
-    trainer = Trainer(task, cfg.train, checkpoint=run.file("checkpoint_pt.pt"))
-    trainer.try_resume()
-    out = trainer.run()
-    import io
-
-    buf = io.BytesIO()
-    torch.save({**task.state_dict(), "status": out["status"], "steps": out["steps"]}, buf)
-    atomic_write_bytes(final, buf.getvalue())
-    run.file("checkpoint_pt.pt").unlink(missing_ok=True)
-    return task.state()
+    d = cfg.dln
+    store = RunDir(app.store_root(cfg), "dln_pt", pt_identity(cfg))
+    files = [store.file(f"seed{m.seed}.pt") for m in members]
+    store.path.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as locks:  # one lock per seed (in seed order): jobs with other seeds go on in parallel
+        for f in sorted(files):
+            locks.enter_context(filelock.FileLock(str(f) + ".lock"))
+        todo = [b for b, f in enumerate(files) if not f.exists()]
+        if todo:
+            # pt.yaml, not config.yaml: the PT store is not a run of its own
+            atomic_write_bytes(store.file("pt.yaml"), OmegaConf.to_yaml(OmegaConf.create(store.sci)).encode())
+            data = [pt_data(d, members[b]) for b in todo]
+            task = DLNTask([x for x, _ in data], [y for _, y in data], init_state(d.c_pt, d.lam_pt, (len(todo), d.dim)),
+                           device)
+            ckpt = store.file("checkpoint_" + "_".join(str(members[b].seed) for b in todo) + ".pt")
+            trainer = Trainer(task, cfg.train, checkpoint=ckpt)
+            trainer.try_resume()
+            out = trainer.run()
+            for i, b in enumerate(todo):
+                write_checkpoint(files[b], {**{k: v[i] for k, v in task.state_dict().items()},
+                                            "status": STATUS.get(out["status"][i], out["status"][i]),
+                                            "steps": int(out["steps"][i]), "train_mse": float(out["train_loss"][i])})
+                previous_checkpoint(files[b]).unlink(missing_ok=True)
+            ckpt.unlink(missing_ok=True)
+            previous_checkpoint(ckpt).unlink(missing_ok=True)
+        st = [read_checkpoint(f) for f in files]
+    state = DLNState(*(np.stack([s[k].numpy() for s in st]) for k in DLNState._fields))
+    return state, {"pt_status": [s["status"] for s in st], "pt_steps": [int(s["steps"]) for s in st],
+                   "pt_train_mse": [float(s["train_mse"]) for s in st]}
 
 
 def _member_results(cfg, members, start: DLNState, final: DLNState, train_mse: np.ndarray, out: dict,
@@ -85,7 +119,7 @@ def _member_results(cfg, members, start: DLNState, final: DLNState, train_mse: n
         beta = beta_of(final)
         errs = beta - np.stack([m.beta_star for m in members])
         if tests is None:
-            tests = test_mse(errs, cfg.dln.n_test)
+            tests = test_mse(errs, cfg.dln.n_test, inputs=cfg.dln.inputs)
         param = np.sum(errs**2, axis=1) / errs.shape[1]
     res = []
     for b, m in enumerate(members):
@@ -100,6 +134,8 @@ def _member_results(cfg, members, start: DLNState, final: DLNState, train_mse: n
             "c_drift": float(np.max(np.abs(c1[b] - c0[b]) / c0[b])),
             "lam_drift": float(np.max(np.abs(l1[b] - l0[b]) / c0[b])),
         }
+        if "restarts" in out:  # train.restart_on_divergence: restarts taken and the lr that finished
+            r.update(restarts=int(out["restarts"][b]), lr_final=float(out["lr_final"][b]))
         if pt_info is not None:
             r.update({k: v[b] for k, v in pt_info.items()})
         res.append(r)
@@ -136,7 +172,6 @@ def run_job(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
             return run, run.load_result()
         if cfg.force:
             run.clear_result()
-            run.file("pt_state.pt").unlink(missing_ok=True)
         run.write_config(OmegaConf.to_yaml(cfg, resolve=True))
         t0 = time.time()
         d = cfg.dln
@@ -144,9 +179,7 @@ def run_job(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
         pt_info = None
         pt_states = None
         if d.mode == "ptft" and d.pt == "train":
-            pt_states = _train_pt(cfg, run, members, cfg.device)
-            st = torch.load(run.file("pt_state.pt"), weights_only=True)
-            pt_info = {"pt_status": [STATUS.get(s, s) for s in st["status"]], "pt_steps": list(st["steps"])}
+            pt_states, pt_info = _train_pt(cfg, members, cfg.device)
         start = start_state(d, members, pt_states)
         task = DLNTask([m.X for m in members], [m.y for m in members], start, cfg.device)
         if d.lr_cap:

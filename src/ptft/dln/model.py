@@ -79,6 +79,13 @@ def finetune_init(state: DLNState, gamma) -> DLNState:
     return DLNState(w.copy(), w.copy(), v.copy(), v.copy())
 
 
+def finetune_rescale(state: DLNState, s, readout) -> DLNState:
+    """Lippl & Lindsey's FT re-initialisation: both first-layer pathways multiplied by s (kept
+    separate), both readout pathways set to the constant `readout`."""
+    v = np.broadcast_to(np.asarray(readout, dtype=np.float64), np.shape(state.wp))
+    return DLNState(s * state.wp, s * state.wm, v.copy(), v.copy())
+
+
 def c_finetune(beta_pt, c, lam) -> np.ndarray:
     """c_FT per coordinate, without the readout term: (c + lambda)(1 + sqrt(1 + (b/c)^2)).
 

@@ -11,8 +11,8 @@ trained together by the shared-X engine (ptft.dln.sharedx): all members at one (
 share their inputs X, so a step is a matrix-matrix product.
 
 Checkpoints are written in each run directory in the trainer's format (a killed multi-configuration
-job resumes, and so does a single job of one of its configurations). With train.momentum > 0 the
-configurations run one by one through the trainer.
+job resumes, and so does a single job of one of its configurations). With train.momentum > 0 or
+train.restart_on_divergence the configurations run one by one through the trainer.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ptft import ConfigError, app
-from ptft.dln.config import DLNConfig, validate
+from ptft.dln.config import DLNConfig, n_ft, validate
 from ptft.dln.main import STATUS, _member_results, _train_pt, run_job, scientific, seeds_of, summarise
 from ptft.dln.model import DLNState
 from ptft.dln.model import beta as beta_of
@@ -104,7 +104,7 @@ def run_multi(cfg: DictConfig) -> list[tuple[RunDir, dict[str, Any]]]:
         seen[r.hash] = i
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device} but torch sees no CUDA device; use device=cpu")
-    if cfg.train.momentum > 0:  # the shared-X engine is plain gradient descent
+    if cfg.train.momentum > 0 or cfg.train.restart_on_divergence:  # the shared-X engine is plain GD
         return [run_job(c) for c in subs]
     for r in runs:
         app.record_run_dir(r.path)
@@ -138,10 +138,9 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
     for c, run in zip(subs, runs):
         if cfg.force:
             run.clear_result()
-            run.file("pt_state.pt").unlink(missing_ok=True)
         run.write_config(OmegaConf.to_yaml(c, resolve=True))
         d = c.dln
-        keys = [(s, int(round(d.alpha * d.dim)), int(d.dim)) for s in seeds_of(c)]
+        keys = [(s, n_ft(d), int(d.dim), d.inputs) for s in seeds_of(c)]
         for k, s in zip(keys, seeds_of(c)):
             if k not in X_np:
                 X_np[k] = ft_inputs(d, s)
@@ -149,9 +148,7 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
         data = [member_data(d, s, X_np[k]) for s, k in zip(seeds_of(c), keys)]
         pt_info, pt_states = None, None
         if d.mode == "ptft" and d.pt == "train":
-            pt_states = _train_pt(c, run, data, dev)
-            st = torch.load(run.file("pt_state.pt"), weights_only=True)
-            pt_info = {"pt_status": [STATUS.get(s, s) for s in st["status"]], "pt_steps": list(st["steps"])}
+            pt_states, pt_info = _train_pt(c, data, dev)
         start = start_state(d, data, pt_states)
         scales = _lr_scales(c, start, [X_t[k] for k in keys])
         cur, steps, status, loss, step0 = start, [0] * len(data), [RUNNING] * len(data), [float("nan")] * len(data), 0
@@ -209,7 +206,8 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
         final = DLNState(*f)
         with np.errstate(over="ignore", invalid="ignore"):  # a diverged member's errors are inf/nan
             errs = beta_of(final) - np.stack([m.beta_star for m in p["data"]])
-            tests = np.mean((test_inputs(int(p["cfg"].dln.dim), int(p["cfg"].dln.n_test)) @ errs.T) ** 2, axis=0)
+            d = p["cfg"].dln
+            tests = np.mean((test_inputs(int(d.dim), int(d.n_test), inputs=d.inputs) @ errs.T) ** 2, axis=0)
         res = summarise(_member_results(p["cfg"], p["data"], p["start"], final, _train_mse(final, p["data"]),
                                         {"status": st, "steps": sp}, p["pt_info"], tests))
         lg.summary(res)

@@ -12,8 +12,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from ptft.dln.model import DLNState, finetune_init, init_state, pt_end_state
-from ptft.dln.teachers import make_inputs, make_teachers
+from ptft.dln.config import n_ft, n_pt
+from ptft.dln.model import DLNState, finetune_init, finetune_rescale, init_state, pt_end_state
+from ptft.dln.teachers import make_inputs, make_ll_teachers, make_teachers
 
 # independent random streams of one member, derived from its seed
 _TEACHER, _X_FT, _NOISE_FT, _X_PT, _NOISE_PT, _X_TEST = range(6)
@@ -33,29 +34,37 @@ class MemberData:
 
 
 def ft_inputs(d: Any, seed: int) -> np.ndarray:
-    """The FT inputs X of a member: a function of (seed, n, D) only, shared by every configuration
-    (teacher, init) at the same seed, alpha and dim."""
-    return make_inputs(int(round(d.alpha * d.dim)), d.dim, member_rng(seed, _X_FT))
+    """The FT inputs X of a member: a function of (seed, n, D, dln.inputs) only, shared by every
+    configuration (teacher, init) at the same seed, sample count, dim and input kind."""
+    return make_inputs(n_ft(d), d.dim, member_rng(seed, _X_FT), d.inputs)
+
+
+def teachers(d: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(beta_PT, beta_FT) of a member: PAPER.md section 4 (teacher=paper) or LL's (teacher=ll)."""
+    rng = member_rng(seed, _TEACHER)
+    if d.teacher == "ll":
+        return make_ll_teachers(d.dim, d.k_pt, d.k_ft, d.overlap, rng)
+    return make_teachers(d.dim, d.rho_pt, d.rho_ft, d.omega, d.a_pt, rng)
 
 
 def member_data(d: Any, seed: int, X: np.ndarray | None = None) -> MemberData:
     """Teachers and FT training data of one member, per PAPER.md section 4 (`X`: ft_inputs(d, seed),
     if already drawn)."""
-    beta_pt, beta_star = make_teachers(d.dim, d.rho_pt, d.rho_ft, d.omega, d.a_pt, member_rng(seed, _TEACHER))
-    n = int(round(d.alpha * d.dim))
+    beta_pt, beta_star = teachers(d, seed)
+    n = n_ft(d)
     X = ft_inputs(d, seed) if X is None else X
     y = X @ beta_star + d.noise * member_rng(seed, _NOISE_FT).standard_normal(n)
     return MemberData(seed, beta_pt, beta_star, X, y)
 
 
 def pt_data(d: Any, m: MemberData) -> tuple[np.ndarray, np.ndarray]:
-    """Finite PT data (dln.pt=train): n_PT = alpha_pt D samples of the PT teacher."""
-    n = max(1, int(round(d.alpha_pt * d.dim)))
-    X = make_inputs(n, d.dim, member_rng(m.seed, _X_PT))
+    """Finite PT data (dln.pt=train): n_PT (dln.n_pt, else alpha_pt D) samples of the PT teacher."""
+    n = n_pt(d)
+    X = make_inputs(n, d.dim, member_rng(m.seed, _X_PT), d.inputs)
     return X, X @ m.beta_pt + d.noise * member_rng(m.seed, _NOISE_PT).standard_normal(n)
 
 
-def test_mse(beta_err: np.ndarray, n_test: int, chunk: int = 2048) -> np.ndarray:
+def test_mse(beta_err: np.ndarray, n_test: int, chunk: int = 2048, inputs: str = "gaussian") -> np.ndarray:
     """Mean squared prediction error of each row of beta_err (B, D) on n_test fresh noiseless samples.
 
     The test inputs are one fixed set per dimension D (independent of every training stream), shared
@@ -66,16 +75,16 @@ def test_mse(beta_err: np.ndarray, n_test: int, chunk: int = 2048) -> np.ndarray
     total, done = np.zeros(beta_err.shape[0]), 0
     while done < n_test:
         k = min(chunk, n_test - done)
-        total += np.sum((make_inputs(k, beta_err.shape[1], rng) @ beta_err.T) ** 2, axis=0)
+        total += np.sum((make_inputs(k, beta_err.shape[1], rng, inputs) @ beta_err.T) ** 2, axis=0)
         done += k
     return total / n_test
 
 
 @functools.lru_cache(maxsize=2)
-def test_inputs(dim: int, n_test: int, chunk: int = 2048) -> np.ndarray:
+def test_inputs(dim: int, n_test: int, chunk: int = 2048, inputs: str = "gaussian") -> np.ndarray:
     """The fixed test inputs of test_mse as one (n_test, dim) matrix (the same draws), kept for reuse."""
     rng = np.random.default_rng(np.random.SeedSequence([0xD1A6, _X_TEST, dim]))
-    return np.concatenate([make_inputs(min(chunk, n_test - i), dim, rng) for i in range(0, n_test, chunk)])
+    return np.concatenate([make_inputs(min(chunk, n_test - i), dim, rng, inputs) for i in range(0, n_test, chunk)])
 
 
 def start_state(d: Any, members: list[MemberData], pt_states: DLNState | None = None) -> DLNState:
@@ -85,6 +94,8 @@ def start_state(d: Any, members: list[MemberData], pt_states: DLNState | None = 
         return init_state(d.c_pt, d.lam_pt, (B, D))
     if pt_states is None:
         pt_states = pt_end_state(np.stack([m.beta_pt for m in members]), d.c_pt, d.lam_pt)
+    if d.ft_reinit == "scale":
+        return finetune_rescale(pt_states, d.w_rescale, d.readout_const)
     return finetune_init(pt_states, d.gamma)
 
 

@@ -42,6 +42,28 @@ def make_teachers(dim: int, rho_pt: float, rho_ft: float, omega: float, a_pt: fl
     return beta_pt, beta_ft
 
 
-def make_inputs(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """X with i.i.d. N(0, 1/D) entries."""
-    return rng.normal(0.0, 1.0 / np.sqrt(dim), size=(n, dim))
+def make_ll_teachers(dim: int, k_pt: int, k_ft: int, overlap: int, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Lippl & Lindsey's teachers (PAPER.md section 7): PT support of k_pt coordinates with values
+    +-1/sqrt(k_pt) (random signs); FT support of k_ft coordinates with values +-1/sqrt(k_ft), `overlap`
+    of them drawn from the PT support with the PT coordinate's sign, the rest from outside it."""
+    perm = rng.permutation(dim)
+    s_pt, outside = perm[:k_pt], perm[k_pt:]
+    sign_pt = rng.choice([-1.0, 1.0], size=k_pt)
+    beta_pt = np.zeros(dim)
+    beta_pt[s_pt] = sign_pt / np.sqrt(k_pt)
+    pick = rng.permutation(k_pt)[:overlap]
+    new = outside[: k_ft - overlap]
+    beta_ft = np.zeros(dim)
+    beta_ft[s_pt[pick]] = sign_pt[pick] / np.sqrt(k_ft)
+    beta_ft[new] = rng.choice([-1.0, 1.0], size=len(new)) / np.sqrt(k_ft)
+    return beta_pt, beta_ft
+
+
+def make_inputs(n: int, dim: int, rng: np.random.Generator, kind: str = "gaussian") -> np.ndarray:
+    """X with i.i.d. N(0, 1/D) entries; kind="unit_norm": each row then rescaled to unit mean square
+    (squared norm D), as in Lippl & Lindsey's DLN."""
+    X = rng.normal(0.0, 1.0 / np.sqrt(dim), size=(n, dim))
+    if kind == "unit_norm":
+        X *= np.sqrt(dim) / np.linalg.norm(X, axis=1, keepdims=True)
+    return X

@@ -29,8 +29,8 @@ from ptft.pipeline.knobs import (FTConfig, InitConfig, resolve_factors, resolve_
                                  validate_init_config)
 from ptft.pipeline.track import track_of
 from ptft.train.trainer import OptimTrainConfig, validate_train
+from ptft.train.trainer import train_identity as trainer_identity
 
-NON_SCIENTIFIC_TRAIN = ("log_every", "eval_every", "ckpt_every_s")
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("finetune", "stl")
 
@@ -219,7 +219,7 @@ def validate(cfg: Any, stage: str = "finetune") -> Any:
 # identity
 # ------------------------------------------------------------------------------------------------
 def train_identity(t: Any) -> dict:
-    return {k: v for k, v in plain(t).items() if k not in NON_SCIENTIFIC_TRAIN}
+    return trainer_identity(plain(t))
 
 
 def pretrain_identity(track: Any, cfg: Any) -> dict:

@@ -8,8 +8,11 @@ stopping, and a member that has stopped never changes again while the others go 
 Stopping rules, per member:
 * converged: the epoch's mean train loss is below `threshold` (for a full-batch task the loss is
   checked before the update, so a converged member takes no further step);
-* diverged: the loss is NaN or inf; the member stops with status `diverged` (never a crash and
-  never a result marked ok);
+* diverged: the loss is NaN or inf (or above `diverge_above` when set); the member stops with
+  status `diverged` (never a crash and never a result marked ok). With `restart_on_divergence` it
+  instead restarts from the state it started from, with lr / 10 and a fresh step budget (at most
+  MAX_RESTARTS times; Lippl & Lindsey's policy): from there its trajectory is the one of a run
+  started at that lr. `restarts` and `lr_final` per member are in the trainer's output;
 * max_steps / max_epochs: the budget ran out.
 
 Checkpoints (tensors and plain containers only, loaded with weights_only=True) are written every
@@ -48,6 +51,20 @@ class TrainConfig:
     log_every: int = 100           # steps between metrics.jsonl rows
     eval_every: int = 0            # epochs between evaluations (0: only at the end)
     ckpt_every_s: float = 60.0     # seconds between checkpoints (<= 0: only on signals)
+    restart_on_divergence: bool = False  # a diverged member restarts from its start with lr / 10
+    diverge_above: Optional[float] = None  # a loss above this counts as diverged (None: only NaN / inf)
+
+
+MAX_RESTARTS = 6  # restart_on_divergence: after this many restarts (lr / 1e6) a member stops as diverged
+NON_SCIENTIFIC_TRAIN = ("log_every", "eval_every", "ckpt_every_s")  # do not change a run's numbers
+NEW_TRAIN_KEYS = {"restart_on_divergence": False, "diverge_above": None}  # left out of run identities at default
+
+
+def train_identity(t: dict) -> dict:
+    """The train keys that define a run's numbers (a plain dict of a TrainConfig): without the
+    non-scientific ones, and without keys added later while at their defaults (old runs keep their hash)."""
+    return {k: v for k, v in t.items()
+            if k not in NON_SCIENTIFIC_TRAIN and not (k in NEW_TRAIN_KEYS and v == NEW_TRAIN_KEYS[k])}
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -99,6 +116,8 @@ def validate_train(cfg: TrainConfig) -> None:
             raise ConfigError(f"train.{key}={v} must be >= 1 (or null)")
     if cfg.max_steps is None and cfg.max_epochs is None:
         raise ConfigError("set train.max_steps or train.max_epochs: a run needs a budget")
+    if cfg.diverge_above is not None and not cfg.diverge_above > 0:
+        raise ConfigError(f"train.diverge_above={cfg.diverge_above} must be > 0 (or null: only NaN / inf)")
     if cfg.log_every < 1 or cfg.eval_every < 0:
         raise ConfigError("train.log_every must be >= 1 and train.eval_every >= 0")
 
@@ -180,6 +199,10 @@ class Trainer:
         B = task.n_members
         self.opt, self.sched = make_optimizer(self.params, cfg, getattr(task, "lr_scale", None)) if B == 1 \
             else (None, None)
+        self.restarts = torch.zeros(B, dtype=torch.long)
+        self._start: Any = None  # restart_on_divergence: the state every member started from
+        if cfg.restart_on_divergence:
+            self._start = _clone(task.state_dict()) if B == 1 else [p.detach().clone() for p in self.params]
         if B > 1 and getattr(cfg, "optimizer", "sgd") != "sgd":
             raise ConfigError(f"train.optimizer={cfg.optimizer!r}: batched members train with the masked SGD update")
         self.bufs = [torch.zeros_like(p) for p in self.params] if cfg.momentum > 0 and B > 1 else []
@@ -199,7 +222,8 @@ class Trainer:
                                            "sched": None if self.sched is None else self.sched.state_dict()}
         return {"task": self.task.state_dict(), "bufs": self.bufs, **opt, "epoch": self.epoch, "step": self.step,
                 "steps": self.steps, "active": self.active, "status": list(self.status),
-                "last_loss": self.last_loss, "ep_sum": self.ep_sum.cpu(), "n_batches": self.n_batches}
+                "last_loss": self.last_loss, "ep_sum": self.ep_sum.cpu(), "n_batches": self.n_batches,
+                **({"restarts": self.restarts, "start": self._start} if self._start is not None else {})}
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint (with its sha256); the one it replaces stays as checkpoint.prev.pt."""
@@ -245,10 +269,16 @@ class Trainer:
         self._active_dev = None
         self.status, self.last_loss = list(st["status"]), st["last_loss"]
         self.ep_sum, self.n_batches = st["ep_sum"], int(st["n_batches"])
+        if self._start is not None and "restarts" in st:
+            self.restarts, self._start = st["restarts"], st["start"]  # (the optimiser's state holds its lr)
 
     # ---- the loop ----------------------------------------------------------------------------
     def _mask(self, p: torch.Tensor, active_f: torch.Tensor) -> torch.Tensor:
         return active_f.reshape((self.task.n_members,) + (1,) * (p.dim() - 1))
+
+    def lr_of(self) -> list[float]:
+        """Each member's learning rate: train.lr / 10 ** (its restarts)."""
+        return [self.cfg.lr / 10 ** int(r) for r in self.restarts]
 
     def _update(self, active_f: torch.Tensor) -> None:
         lr, mom = self.cfg.lr, self.cfg.momentum
@@ -261,6 +291,8 @@ class Trainer:
             return
         if scale is not None:
             active_f = active_f * scale.to(active_f)
+        if self._start is not None and bool(self.restarts.any()):  # per-member lr after restarts
+            active_f, lr = active_f * torch.tensor(self.lr_of(), dtype=active_f.dtype, device=active_f.device), 1.0
         with torch.no_grad():
             for i, p in enumerate(self.params):
                 g = p.grad
@@ -272,6 +304,43 @@ class Trainer:
                     g = buf
                 p.sub_(g * (self._mask(p, active_f) * lr))
                 p.grad = None
+
+    def _diverged(self, loss: torch.Tensor) -> torch.Tensor:
+        bad = ~torch.isfinite(loss)
+        return bad if self.cfg.diverge_above is None else bad | (loss > self.cfg.diverge_above)
+
+    def _on_divergence(self, mask: torch.Tensor) -> bool:
+        """Stop the diverged members, or (restart_on_divergence) restart them from their start with
+        lr / 10 and a fresh budget; returns whether any member restarted."""
+        mask = mask & self.active
+        if self._start is None or not bool(mask.any()):
+            self._finish_member(mask, "diverged")
+            return False
+        spent = mask & (self.restarts >= MAX_RESTARTS)
+        self._finish_member(spent, "diverged")
+        mask = mask & ~spent
+        idx = torch.nonzero(mask).flatten().tolist()
+        if not idx:
+            return False
+        with torch.no_grad():
+            if self.opt is not None:  # one model: back to its start, a fresh optimiser at the new lr
+                self.restarts += 1
+                self.task.load_state_dict(_clone(self._start))
+                self.opt, self.sched = make_optimizer(self.params, self.cfg, getattr(self.task, "lr_scale", None),
+                                                      lr=self.lr_of()[0])
+            else:
+                for b in idx:
+                    self.restarts[b] += 1
+                    for p, p0 in zip(self.params, self._start):
+                        p[b] = p0[b]
+                    for buf in self.bufs:
+                        buf[b] = 0
+        for b in idx:
+            self.steps[b] = 0
+            self.last_loss[b] = float("nan")
+            print(f"[ptft] member {b} diverged; restarting it from its start with lr={self.lr_of()[b]:g} "
+                  f"(restart {int(self.restarts[b])} of at most {MAX_RESTARTS})", flush=True)
+        return True
 
     def _finish_member(self, mask: torch.Tensor, status: str) -> None:
         for b in torch.nonzero(mask & self.active).flatten().tolist():
@@ -311,7 +380,7 @@ class Trainer:
         if not task.full_batch and self.n_batches:
             ep_loss = (self.ep_sum / self.n_batches).cpu()  # the one host sync of an epoch
             self.last_loss = torch.where(self.active, ep_loss, self.last_loss)
-            self._finish_member(~torch.isfinite(ep_loss), "diverged")
+            self._on_divergence(self._diverged(ep_loss))
             self._finish_member(ep_loss < cfg.threshold, "converged")
         self.epoch += 1
         self.ep_sum = torch.zeros(self.task.n_members, dtype=torch.float64)
@@ -330,13 +399,15 @@ class Trainer:
                     break
                 # a resumed mid-epoch checkpoint skips the batches it has already taken
                 for batch in itertools.islice(task.batches(self.epoch), self.n_batches, None):
-                    if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                    if self._out_of_steps():
                         break
                     loss = task.loss(batch)
                     if task.full_batch:  # check before the update: a converged member takes no step
                         ld = loss.detach().double().cpu()
+                        if self._on_divergence(self._diverged(ld)):  # restarted members: loss at their start
+                            loss = task.loss(batch)
+                            ld = loss.detach().double().cpu()
                         self.last_loss = torch.where(self.active, ld, self.last_loss)
-                        self._finish_member(~torch.isfinite(ld), "diverged")
                         self._finish_member(ld < cfg.threshold, "converged")
                         if not self.active.any():
                             break
@@ -353,15 +424,31 @@ class Trainer:
                     if self.step % cfg.log_every == 0:
                         self._log_row()
                     self._maybe_checkpoint(sig)
-                if cfg.max_steps is not None and self.step >= cfg.max_steps and self.active.any():
+                if self._out_of_steps() and self.active.any():
                     self._end_epoch()
                     self._finish_member(self.active.clone(), "max_steps")
                     break
                 if self.active.any() or self.n_batches:
                     self._end_epoch()
         self._log_row()
-        return {"status": list(self.status), "steps": self.steps.tolist(), "epochs": self.epoch,
-                "train_loss": self.last_loss.tolist()}
+        out = {"status": list(self.status), "steps": self.steps.tolist(), "epochs": self.epoch,
+               "train_loss": self.last_loss.tolist()}
+        if self._start is not None:
+            out.update(restarts=self.restarts.tolist(), lr_final=self.lr_of())
+        return out
+
+    def _out_of_steps(self) -> bool:
+        """Whether the step budget is spent: every active member has taken max_steps steps since it
+        (re)started; with restarts, the members that are out of budget stop with status max_steps."""
+        if self.cfg.max_steps is None:
+            return False
+        if self._start is None or not bool(self.restarts.any()):
+            return self.step >= self.cfg.max_steps
+        spent = self.active & (self.steps >= self.cfg.max_steps)
+        if bool(spent.all()) or not bool(self.active.any()):
+            return True
+        self._finish_member(spent, "max_steps")
+        return False
 
 
 def derived_seed(*parts: int) -> int:
@@ -371,12 +458,13 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
-def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig, lr_scale: Optional[torch.Tensor] = None
+def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig, lr_scale: Optional[torch.Tensor] = None,
+                   lr: Optional[float] = None
                    ) -> tuple[torch.optim.Optimizer, Optional[torch.optim.lr_scheduler.LambdaLR]]:
     """The torch.optim optimiser (and warm-up schedule) of a single-model task; see OptimTrainConfig.
 
     SGD with foreach kernels reproduces the suite's former hand-written fused update bit for bit."""
-    lr = float(cfg.lr) * (1.0 if lr_scale is None else float(lr_scale.reshape(-1)[0]))
+    lr = float(cfg.lr if lr is None else lr) * (1.0 if lr_scale is None else float(lr_scale.reshape(-1)[0]))
     wd = float(getattr(cfg, "weight_decay", 0.0))
     if getattr(cfg, "optimizer", "sgd") == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(getattr(cfg, "betas")),
@@ -390,3 +478,14 @@ def make_optimizer(params: list[torch.Tensor], cfg: TrainConfig, lr_scale: Optio
 
 def _means(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(torch.as_tensor(v, dtype=torch.float64).mean()) for k, v in metrics.items()}
+
+
+def _clone(tree: Any) -> Any:
+    """A deep copy of a (nested) state dict's tensors."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_clone(v) for v in tree)
+    return tree

@@ -1,0 +1,210 @@
+"""Finite-size scaling of the gap between DLN simulation and the replica theory (PAPER.md section 5).
+
+    python scripts/dln_finite_size.py --store runs/dln_finite_size --workers 2
+
+The replica prediction is a D -> inf statement. This takes the points where the six-panel figure's
+simulation (D = 1000, 5 seeds) disagrees with the theory (results/dln_agreement.csv, agree = False:
+9 distinct (curve, alpha) points) and the 3 agreeing points where the theory is steepest in alpha, and
+runs the same gradient descent (lr 0.5, float64, train MSE < 1e-4) at D in {250, 500, 1000, 2000, 4000}
+with more seeds at small D (the spread across seeds shrinks like D^-1/2): 40, 20, 10, 6, 4. One
+multi-configuration `ptft-dln` job per (D, alpha) (the points at that alpha share X per seed); resumable
+(finished runs in the store are skipped).
+
+Outputs (--out, default results/): dln_finite_size.csv (per point and D: mean test error, 95% CI, the
+theory, gap = sim - theory, sim / theory, seeds, the job's CPU seconds), dln_finite_size_fit.csv (per
+point: the weighted least-squares fit gap(D) = A D^-p over D, with p's standard error and the
+extrapolated gap at D = 1e6; and one pooled fit of sim / theory - 1 = A_k D^-p with a shared exponent)
+and dln_finite_size.png (|gap| and sim / theory vs D, log-log, one line per point).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from scipy import optimize, stats
+
+from ptft.analysis.dln_figures import theory
+from ptft.analysis.dln_sims import CONFIG_KEYS, _timed_group, ci95, group_overrides
+from ptft.analysis.panels import curve_config
+
+DIMS = {250: 40, 500: 20, 1000: 10, 2000: 6, 4000: 4}  # D -> seeds
+N_STEEP = 3
+
+
+def _cfg(row: dict) -> dict:
+    return curve_config({k: float(row[k]) for k in CONFIG_KEYS})
+
+
+def _key(cfg: dict, alpha: float) -> tuple:
+    return tuple(cfg[k] for k in CONFIG_KEYS) + (round(alpha, 6),)
+
+
+def points(agreement: Path) -> list[dict]:
+    """The distinct disagreeing (curve, alpha) points, then the N_STEEP agreeing ones with the steepest
+    theory (|d log theory / d alpha| from the neighbouring simulated alphas of the same curve)."""
+    rows = [r for r in csv.DictReader(agreement.open()) if r["status"] == "ok"]
+    by_key: dict[tuple, dict] = {}
+    for r in rows:
+        by_key.setdefault(_key(_cfg(r), float(r["alpha"])), r)
+    bad = [k for k, r in by_key.items() if r["agree"] == "False"]
+    curves: dict[tuple, list[tuple[float, float]]] = {}
+    for k, r in by_key.items():
+        curves.setdefault(k[:-1], []).append((k[-1], float(r["theory"])))
+    steep = []
+    for k, r in by_key.items():
+        if r["agree"] != "True":
+            continue
+        pts = sorted(curves[k[:-1]])
+        i = [a for a, _ in pts].index(k[-1])
+        if 0 < i < len(pts) - 1:
+            (a0, t0), (a1, t1) = pts[i - 1], pts[i + 1]
+            steep.append((abs(np.log(t1) - np.log(t0)) / (a1 - a0), k))
+    chosen = [k for _, k in sorted(steep, reverse=True)[:N_STEEP]]
+    out = []
+    for kind, keys in (("disagree", bad), ("agree_steep", chosen)):
+        for k in keys:
+            r = by_key[k]
+            out.append({"point": len(out), "kind": kind, "cfg": _cfg(r), "alpha": k[-1],
+                        "theory": float(theory(_cfg(r), [k[-1]]).error[0])})
+    return out
+
+
+def simulate(pts: list[dict], store: str, workers: int) -> list[dict]:
+    groups: dict[tuple[int, float], list[dict]] = {}
+    for p in pts:
+        for dim in DIMS:
+            groups.setdefault((dim, p["alpha"]), []).append(p)
+    order = sorted(groups, key=lambda g: -g[0] ** 2 * g[1] * DIMS[g[0]])  # most work first
+    rows = []
+    t0 = time.time()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+        futs = {ex.submit(_timed_group, group_overrides([p["cfg"] for p in groups[g]], g[1], g[0], DIMS[g[0]],
+                                                        store)): g for g in order}
+        for i, f in enumerate(as_completed(futs), 1):
+            (dim, alpha), (results, cpu) = futs[f], f.result()
+            for p, res in zip(groups[(dim, alpha)], results):
+                err = np.array([m["test_mse"] for m in res.get("members", [res])])
+                rows.append({"point": p["point"], "kind": p["kind"], **{k: p["cfg"][k] for k in CONFIG_KEYS},
+                             "alpha": alpha, "dim": dim, "seeds": len(err), "status": res["status"],
+                             "sim_mean": float(err.mean()), "sim_ci95": ci95(err), "theory": p["theory"],
+                             "gap": float(err.mean()) - p["theory"], "ratio": float(err.mean()) / p["theory"],
+                             "job_cpu_s": cpu, "job_points": len(groups[(dim, alpha)])})
+            print(f"[{time.time() - t0:6.0f} s] {i}/{len(order)} D={dim} alpha={alpha}: "
+                  f"{len(groups[(dim, alpha)])} points x {DIMS[dim]} seeds, {cpu:.0f} CPU s", flush=True)
+    return sorted(rows, key=lambda r: (r["point"], r["dim"]))
+
+
+def _power(D, A, p):
+    return A * D ** (-p)
+
+
+def fits(rows: list[dict]) -> list[dict]:
+    """gap(D) = A D^-p per point, weighted by the standard error of each mean (ci95 / t); and a pooled
+    fit of the relative gap sim / theory - 1 = A_k D^-p with one exponent p for all points."""
+    out = []
+    by_point: dict[int, list[dict]] = {}
+    for r in rows:
+        by_point.setdefault(r["point"], []).append(r)
+    for pt, rs in sorted(by_point.items()):
+        D = np.array([r["dim"] for r in rs], float)
+        gap = np.array([r["gap"] for r in rs])
+        se = np.array([r["sim_ci95"] / stats.t.ppf(0.975, r["seeds"] - 1) for r in rs])
+        try:
+            (A, p), cov = optimize.curve_fit(_power, D, gap, p0=(gap[D == 1000][0] * 1000**0.5, 0.5), sigma=se,
+                                             absolute_sigma=True, maxfev=20000)
+            p_se = float(np.sqrt(cov[1, 1]))
+        except (RuntimeError, ValueError):
+            A, p, p_se = float("nan"), float("nan"), float("nan")
+        chi2 = float(np.sum(((gap - _power(D, A, p)) / se) ** 2))
+        out.append({"point": pt, "kind": rs[0]["kind"], **{k: rs[0][k] for k in CONFIG_KEYS}, "alpha": rs[0]["alpha"],
+                    "theory": rs[0]["theory"], **{f"gap_D{int(d)}": float(g) for d, g in zip(D, gap)},
+                    "A": float(A), "p": float(p), "p_se": p_se, "chi2": chi2, "dof": len(D) - 2,
+                    "gap_at_1e6": float(_power(1e6, A, p))})
+    # pooled: relative gap, one exponent
+    pts = sorted(by_point)
+    rel = [(pts.index(r["point"]), r["dim"], r["ratio"] - 1,
+            r["sim_ci95"] / stats.t.ppf(0.975, r["seeds"] - 1) / r["theory"]) for r in rows]
+    idx, D, y, se = (np.array(v, float) for v in zip(*rel))
+    idx = idx.astype(int)
+
+    def resid(theta):
+        return (y - np.exp(theta[:-1])[idx] * D ** (-theta[-1])) / se
+
+    x0 = np.r_[np.log(np.maximum([np.mean(y[idx == i]) for i in range(len(pts))], 1e-3) * 1000**0.5), 0.5]
+    sol = optimize.least_squares(resid, x0)
+    J = sol.jac
+    cov = np.linalg.pinv(J.T @ J)
+    out.append({"point": "pooled", "kind": "relative gap, shared exponent", "p": float(sol.x[-1]),
+                "p_se": float(np.sqrt(cov[-1, -1])), "chi2": float(np.sum(sol.fun**2)), "dof": len(y) - len(sol.x)})
+    return out
+
+
+def write(rows: list[dict], path: Path) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {path}")
+
+
+def figure(rows: list[dict], fit: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for f in fit:
+        if f["point"] == "pooled":
+            continue
+        rs = [r for r in rows if r["point"] == f["point"]]
+        D = np.array([r["dim"] for r in rs])
+        gap = np.array([r["gap"] for r in rs])
+        h = np.array([r["sim_ci95"] for r in rs])
+        ls = "-" if f["kind"] == "disagree" else ":"
+        lab = (f"{f['point']}: c={f['c_pt']:g} lt={f['lam_pt']:g} om={f['omega']:g} a={f['alpha']:g} "
+               f"(p={f['p']:.2f}±{f['p_se']:.2f})")
+        line = a1.errorbar(D * (1 + 0.02 * f["point"]), np.abs(gap), yerr=h, marker="o", ms=3, ls=ls, capsize=2,
+                           label=lab)
+        a2.errorbar(D * (1 + 0.02 * f["point"]), [r["ratio"] for r in rs], yerr=h / rs[0]["theory"], marker="o",
+                    ms=3, ls=ls, capsize=2, color=line[0].get_color())
+    pooled = next(f for f in fit if f["point"] == "pooled")
+    a1.set(xscale="log", yscale="log", xlabel="D", ylabel="|sim - theory| (95% CI of the sim mean)",
+           title="gap vs D (solid: disagreed at D = 1000; dotted: agreed, steep)")
+    a2.axhline(1, color="k", lw=0.8)
+    a2.set(xscale="log", xlabel="D", ylabel="sim / theory",
+           title=f"pooled fit: relative gap ~ D^-p, p = {pooled['p']:.2f} ± {pooled['p_se']:.2f}")
+    a1.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--store", default="runs/dln_finite_size")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--agreement", type=Path, default=Path("results/dln_agreement.csv"))
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    a = ap.parse_args()
+    pts = points(a.agreement)
+    print(f"{sum(p['kind'] == 'disagree' for p in pts)} disagreeing and "
+          f"{sum(p['kind'] != 'disagree' for p in pts)} steep agreeing points", flush=True)
+    rows = simulate(pts, a.store, a.workers)
+    a.out.mkdir(parents=True, exist_ok=True)
+    write(rows, a.out / "dln_finite_size.csv")
+    cost = {d: sum(r["job_cpu_s"] / r["job_points"] for r in rows if r["dim"] == d) for d in DIMS}
+    print("CPU s per D: " + ", ".join(f"D={d}: {c:.0f}" for d, c in cost.items()))
+    fit = fits(rows)
+    write(fit, a.out / "dln_finite_size_fit.csv")
+    figure(rows, fit, a.out / "dln_finite_size.png")
+
+
+if __name__ == "__main__":
+    main()
