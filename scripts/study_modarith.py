@@ -14,8 +14,9 @@ the command resumes an interrupted study.
 
 Outputs (--out, default results/): modarith_study.csv (ptft-aggregate of the store: one row per run,
 pretrainings included), modarith_<knob>.png / .csv / .md (ptft-plot: FT test accuracy vs n_ft, 95% CI over
-seeds, STL dashed, one panel per FT op) and modarith_study_summary.csv (per knob value, op and n_ft:
-mean, 95% CI, seeds; plus PT test accuracy and steps_to_95 per PT setting).
+seeds, STL dashed, one panel per FT op), modarith_study_summary.csv (per knob value, op and n_ft:
+mean, 95% CI, seeds; plus PT test accuracy and steps_to_95 per PT setting) and modarith_paired.csv (each
+arm minus the baseline, paired by seed, op and n_ft: mean difference and its 95% CI).
 """
 from __future__ import annotations
 
@@ -86,8 +87,18 @@ def report(store: Path, out: Path, seeds: list[int]) -> None:
         return int(v) if v not in (None, "") else -1
 
     rows = [r for r in collect([store]) if seed_of(r) in seeds]  # the requested seeds only
-    to_csv(rows, out / "modarith_study.csv")
     df = pd.DataFrame(rows)
+    # one run per setting: a store that outlived a change of the run identity can hold an older twin of a
+    # setting (seed 1's baseline and kappa = 2 PT here); keep the most recent run of each
+    n0 = len(df)
+    df["_when"] = pd.to_datetime(df.get("prov_end"), errors="coerce", utc=True)
+    ft_key, pt_key = ["ft.mode", *KNOBS, "data.ft_op", "n_ft", "seed"], ["init.kappa", "init.scale", "pretrain.seed"]
+    df = pd.concat([df[df["stage"] == st].sort_values("_when", na_position="first").drop_duplicates(key, keep="last")
+                    for st, key in (("finetune", ft_key), ("pretrain", pt_key))])
+    if len(df) < n0:
+        print(f"{n0 - len(df)} older duplicate run(s) of the same setting left out", flush=True)
+    keep = set(df["run_dir"])
+    to_csv([r for r in rows if r["run_dir"] in keep], out / "modarith_study.csv")
     for key, vals in KNOBS.items():
         where = [a for k in KNOBS if k != key for a in ("--where", f"{k}=1")]
         plot_main([str(out / "modarith_study.csv"), "--hue", key, "--panel", "data.ft_op", *where,
@@ -122,7 +133,40 @@ def report(store: Path, out: Path, seeds: list[int]) -> None:
                         "grokked": int((g["test_acc"].astype(float) >= 0.95).sum())})
     pd.concat([summary, pd.DataFrame(pts)]).to_csv(out / "modarith_study_summary.csv", index=False,
                                                    float_format="%.4g")
-    print(f"wrote {out}/modarith_study.csv, modarith_study_summary.csv and the figures", flush=True)
+    paired(ft).to_csv(out / "modarith_paired.csv", index=False, float_format="%.4g")
+    print(f"wrote {out}/modarith_study.csv, modarith_study_summary.csv, modarith_paired.csv and the figures",
+          flush=True)
+
+
+def paired(ft):
+    """Each arm minus the baseline (kappa = c = gamma = 1; PT -> FT minus STL for the baseline itself),
+    paired by (seed, op, n_ft): same split, same FT pairs. Mean difference of test accuracy, its 95% CI
+    (Student t over seeds) and the seeds."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    ok = ft[ft["status"] == "ok"]
+    ones = np.all([np.isclose(ok[k].astype(float), 1) for k in KNOBS], axis=0)
+    key = ["seed", "data.ft_op", "n_ft"]
+    base = ok[(ok["ft.mode"] == "finetune") & ones].set_index(key)["test_acc"].astype(float)
+    arms = [("PT -> FT", "STL", base, ok[ok["ft.mode"] == "stl"].set_index(key)["test_acc"].astype(float))]
+    for k, vals in KNOBS.items():
+        others = np.all([np.isclose(ok[o].astype(float), 1) for o in KNOBS if o != k], axis=0)
+        for v in vals:
+            if v != 1:
+                sel = ok[(ok["ft.mode"] == "finetune") & others & np.isclose(ok[k].astype(float), v)]
+                arms.append((f"{k}={v}", f"{k}=1", sel.set_index(key)["test_acc"].astype(float), base))
+    rows = []
+    for arm, ref, a, b in arms:
+        d = (a - b).dropna()
+        for (op, n), g in d.groupby(level=["data.ft_op", "n_ft"]):
+            x = g.to_numpy()
+            half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else np.nan
+            rows.append({"arm": arm, "minus": ref, "ft_op": op, "n_ft": int(n), "seeds": len(x), "diff_mean": x.mean(),
+                         "ci_low": x.mean() - half, "ci_high": x.mean() + half,
+                         "resolved": bool(len(x) > 1 and abs(x.mean()) > half)})
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
