@@ -6,7 +6,8 @@ The replica prediction is a D -> inf statement. This takes the points where the 
 simulation (D = 1000, 5 seeds) disagrees with the theory (results/dln_agreement.csv, agree = False:
 9 distinct (curve, alpha) points) and the 3 agreeing points where the theory is steepest in alpha, and
 runs the same gradient descent (lr 0.5, float64, train MSE < 1e-4) at D in {250, 500, 1000, 2000, 4000}
-with more seeds at small D (the spread across seeds shrinks like D^-1/2): 40, 20, 10, 6, 4. One
+with more seeds at small D (the spread across seeds shrinks like D^-1/2): 32, 16, 8, 4, 4 (--dims
+runs a subset). One
 multi-configuration `ptft-dln` job per (D, alpha) (the points at that alpha share X per seed); resumable
 (finished runs in the store are skipped).
 
@@ -32,7 +33,7 @@ from ptft.analysis.dln_figures import theory
 from ptft.analysis.dln_sims import CONFIG_KEYS, _timed_group, ci95, group_overrides
 from ptft.analysis.panels import curve_config
 
-DIMS = {250: 40, 500: 20, 1000: 10, 2000: 6, 4000: 4}  # D -> seeds
+DIMS = {250: 32, 500: 16, 1000: 8, 2000: 4, 4000: 4}  # D -> seeds
 N_STEEP = 3
 
 
@@ -74,16 +75,16 @@ def points(agreement: Path) -> list[dict]:
     return out
 
 
-def simulate(pts: list[dict], store: str, workers: int) -> list[dict]:
+def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) -> list[dict]:
     groups: dict[tuple[int, float], list[dict]] = {}
     for p in pts:
-        for dim in DIMS:
+        for dim in dims:
             groups.setdefault((dim, p["alpha"]), []).append(p)
-    order = sorted(groups, key=lambda g: -g[0] ** 2 * g[1] * DIMS[g[0]])  # most work first
+    order = sorted(groups, key=lambda g: (g[0], -g[1]))  # D by D (a partial study has whole Ds), big alpha first
     rows = []
     t0 = time.time()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-        futs = {ex.submit(_timed_group, group_overrides([p["cfg"] for p in groups[g]], g[1], g[0], DIMS[g[0]],
+        futs = {ex.submit(_timed_group, group_overrides([p["cfg"] for p in groups[g]], g[1], g[0], dims[g[0]],
                                                         store)): g for g in order}
         for i, f in enumerate(as_completed(futs), 1):
             (dim, alpha), (results, cpu) = futs[f], f.result()
@@ -95,7 +96,7 @@ def simulate(pts: list[dict], store: str, workers: int) -> list[dict]:
                              "gap": float(err.mean()) - p["theory"], "ratio": float(err.mean()) / p["theory"],
                              "job_cpu_s": cpu, "job_points": len(groups[(dim, alpha)])})
             print(f"[{time.time() - t0:6.0f} s] {i}/{len(order)} D={dim} alpha={alpha}: "
-                  f"{len(groups[(dim, alpha)])} points x {DIMS[dim]} seeds, {cpu:.0f} CPU s", flush=True)
+                  f"{len(groups[(dim, alpha)])} points x {dims[dim]} seeds, {cpu:.0f} CPU s", flush=True)
     return sorted(rows, key=lambda r: (r["point"], r["dim"]))
 
 
@@ -115,7 +116,7 @@ def fits(rows: list[dict]) -> list[dict]:
         gap = np.array([r["gap"] for r in rs])
         se = np.array([r["sim_ci95"] / stats.t.ppf(0.975, r["seeds"] - 1) for r in rs])
         try:
-            (A, p), cov = optimize.curve_fit(_power, D, gap, p0=(gap[D == 1000][0] * 1000**0.5, 0.5), sigma=se,
+            (A, p), cov = optimize.curve_fit(_power, D, gap, p0=(gap[0] * D[0] ** 0.5, 0.5), sigma=se,
                                              absolute_sigma=True, maxfev=20000)
             p_se = float(np.sqrt(cov[1, 1]))
         except (RuntimeError, ValueError):
@@ -192,14 +193,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--agreement", type=Path, default=Path("results/dln_agreement.csv"))
     ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--dims", type=int, nargs="+", default=list(DIMS), help=f"a subset of {list(DIMS)}")
     a = ap.parse_args()
+    bad = sorted(set(a.dims) - set(DIMS))
+    if bad:
+        ap.error(f"--dims {bad}: choose from {list(DIMS)} (each D has its seed count)")
+    dims = {d: DIMS[d] for d in sorted(a.dims)}
     pts = points(a.agreement)
     print(f"{sum(p['kind'] == 'disagree' for p in pts)} disagreeing and "
           f"{sum(p['kind'] != 'disagree' for p in pts)} steep agreeing points", flush=True)
-    rows = simulate(pts, a.store, a.workers)
+    rows = simulate(pts, a.store, a.workers, dims)
     a.out.mkdir(parents=True, exist_ok=True)
     write(rows, a.out / "dln_finite_size.csv")
-    cost = {d: sum(r["job_cpu_s"] / r["job_points"] for r in rows if r["dim"] == d) for d in DIMS}
+    cost = {d: sum(r["job_cpu_s"] / r["job_points"] for r in rows if r["dim"] == d) for d in dims}
     print("CPU s per D: " + ", ".join(f"D={d}: {c:.0f}" for d, c in cost.items()))
     fit = fits(rows)
     write(fit, a.out / "dln_finite_size_fit.csv")

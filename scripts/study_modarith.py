@@ -14,7 +14,9 @@ the command resumes an interrupted study.
 
 Outputs (--out, default results/): modarith_study.csv (ptft-aggregate of the store: one row per run,
 pretrainings included), modarith_<knob>.png / .csv / .md (ptft-plot: FT test accuracy vs n_ft, 95% CI over
-seeds, STL dashed, one panel per FT op), modarith_study_summary.csv (per knob value, op and n_ft:
+seeds, STL dashed, one panel per FT op), modarith_<knob>_movement.png / _cka.png (+ .csv: ptft-plot
+--stages: each stage's relative movement / CKA start-vs-end against the knob, one row per n_ft, STL dashed),
+modarith_study_summary.csv (per knob value, op and n_ft:
 mean, 95% CI, seeds; plus PT test accuracy and steps_to_95 per PT setting) and modarith_paired.csv (each
 arm minus the baseline, paired by seed, op and n_ft: mean difference and its 95% CI).
 """
@@ -103,6 +105,9 @@ def report(store: Path, out: Path, seeds: list[int]) -> None:
         where = [a for k in KNOBS if k != key for a in ("--where", f"{k}=1")]
         plot_main([str(out / "modarith_study.csv"), "--hue", key, "--panel", "data.ft_op", *where,
                    "--out", str(out / f"modarith_{key.split('.')[-1]}.png")])
+        for diag in ("movement", "cka"):  # per-stage diagnostics against the knob (docs/diagnostics.md)
+            plot_main([str(out / "modarith_study.csv"), "--hue", key, "--panel", "data.ft_op", *where,
+                       "--stages", f"diag/{diag}", "--out", str(out / f"modarith_{key.split('.')[-1]}_{diag}.png")])
     ft = df[df["stage"] == "finetune"]
     lines = []
     for key, vals in [*KNOBS.items(), ("ft.mode", ("stl",))]:

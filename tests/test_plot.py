@@ -209,3 +209,31 @@ def test_real_store_and_sweep(tmp_path: Path, capsys):
     assert all(0 <= float(r["test_acc_mean"]) <= 1 for r in table)
     assert out.read_bytes()[:4] == b"\x89PNG"
     print(f"real store test: {time.time() - t0:.1f} s")
+
+
+def test_stages_plot_one_line_per_stage_against_the_knob(tmp_path: Path, capsys):
+    """--stages diag/movement: every stage's points, x = the knob, mean and t-interval over seeds."""
+    rows = sweep_rows()
+    for r in rows:
+        if r["stage"] != "finetune":
+            continue
+        r["diag/movement/early"] = 0.1 * r["seed"] + r["init.kappa"]
+        r["diag/movement/head"] = 2.0 - r["init.kappa"] + 0.05 * r["seed"] ** 2
+    path = write_csv(tmp_path / "d.csv", rows)
+    out = tmp_path / "stages.png"
+    assert plot.main([str(path), "--hue", "init.kappa", "--stages", "diag/movement", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    table = read_csv(out.with_suffix(".csv"))
+    assert {r["stage"] for r in table} == {"early", "head"}
+    for t in table:
+        if t["init.kappa"] == "STL" or not int(t["n_seeds"]):
+            continue
+        k, n = float(t["init.kappa"]), int(t["n_ft"])
+        vals = [r[f"diag/movement/{t['stage']}"] for r in rows if r.get("n_ft") == n and r["init.kappa"] == k
+                and r["ft.mode"] == "finetune" and r["status"] == "ok"]
+        assert float(t["mean"]) == pytest.approx(np.mean(vals))
+        assert int(t["n_seeds"]) == len(vals)
+    # an unknown prefix: one line, exit 2, nothing written
+    bad = tmp_path / "bad.png"
+    assert plot.main([str(path), "--hue", "init.kappa", "--stages", "diag/cka", "--out", str(bad)]) == 2
+    assert "--stages diag/cka" in capsys.readouterr().err and not bad.exists()

@@ -16,6 +16,14 @@ what is missing) and FILE.md (LL's table: mean +- SEM per n_ft and hue value, ST
 A point pools the runs with the same (panel, hue value, n_ft) over seeds; if another config column
 varies inside a point (other than seed and keys tied to it), the sweeps were mixed: the column is
 named in a warning; restrict with --where KEY=VALUE.
+
+Per-stage diagnostics against the knob (docs/diagnostics.md):
+
+    ptft-plot results/modarith_study.csv --hue init.kappa --stages diag/movement --out kappa_movement.png
+
+--stages PREFIX: the metrics PREFIX/<stage> (one line per stage), x = the --hue value, one column of
+panels per --panel value and one row per n_ft; mean and 95% CI over seeds as above, each stage's STL value
+as a dashed horizontal line. FILE.csv holds every point with its stage.
 """
 from __future__ import annotations
 
@@ -410,6 +418,81 @@ def figure(s: Summary):
     return fig
 
 
+def stage_summaries(df, hue: str, prefix: str, **kw: Any) -> dict[str, Summary]:
+    """One Summary per stage metric PREFIX/<stage> present in df (in column order)."""
+    cols = [c for c in df if c.startswith(prefix.rstrip("/") + "/")]
+    if not cols:
+        raise PlotError(f"--stages {prefix}: no column {prefix.rstrip('/')}/<stage>; diagnostics columns: "
+                        + ", ".join(sorted({c.rsplit('/', 1)[0] for c in df if c.startswith('diag/')})) or "none")
+    return {c.rsplit("/", 1)[1]: summarise(df, hue, metric=c, **kw) for c in cols}
+
+
+def stage_figure(stages: dict[str, Summary]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    any_s = next(iter(stages.values()))
+    panels = any_s.panels()
+    ns = _sorted({p.n_ft for p in any_s.points})
+    fig, axes = plt.subplots(len(ns), len(panels), figsize=(4.2 * len(panels) + 1.4, 2.9 * len(ns)), squeeze=False,
+                             sharex=True, layout="constrained")
+    colors = plt.get_cmap("tab10")
+    for j, pan in enumerate(panels):
+        for i, n in enumerate(ns):
+            ax = axes[i][j]
+            for k, (stage, s) in enumerate(stages.items()):
+                pts = [p for p in s.points if p.panel == pan and p.n_ft == n and p.hue is not STL and p.n]
+                if pts:
+                    x = np.array([p.hue for p in pts], dtype=float)
+                    ci = np.array([p.ci95() for p in pts]).reshape(-1, 2)
+                    ax.plot(x, [p.mean for p in pts], "-o", ms=4, color=colors(k % 10), label=stage)
+                    ax.fill_between(x, ci[:, 0], ci[:, 1], color=colors(k % 10), alpha=0.15, lw=0)
+                stl = [p for p in s.points if p.panel == pan and p.n_ft == n and p.hue is STL and p.n]
+                if stl:
+                    ax.axhline(stl[0].mean, ls="--", lw=1, color=colors(k % 10))
+            if all(isinstance(h, float) and h > 0 for h in any_s.hues()):
+                ax.set_xscale("log")
+                ax.set_xticks(any_s.hues(), [fmt(h) for h in any_s.hues()])
+                ax.minorticks_off()
+            ax.set_title((f"{any_s.panel} = {fmt(pan)}, " if any_s.panel else "") + f"n_ft = {fmt(n)}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(ns) - 1:
+                ax.set_xlabel(any_s.hue)
+            if j == 0:
+                ax.set_ylabel(any_s.metric.rsplit("/", 1)[0] + " (mean, 95% CI)", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="stage (dashed: STL)", loc="outside right center", fontsize=8,
+               title_fontsize=8, frameon=False)
+    return fig
+
+
+def write_stages(stages: dict[str, Summary], out: Path) -> list[Path]:
+    """FILE (the per-stage figure) and FILE.csv (every point with its stage), written atomically."""
+    import pandas as pd
+
+    from ptft.train.store import atomic_write_bytes, atomic_write_text
+
+    import matplotlib.pyplot as plt
+
+    fmt_ = figure_format(out)
+    fig = stage_figure(stages)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt_, dpi=150)
+    plt.close(fig)
+    frames = []
+    for stage, s in stages.items():
+        t = table_frame(s)
+        t = t.rename(columns={f"{s.metric}_mean": "mean", f"{s.metric}_sem": "sem"})
+        t.insert(0, "stage", stage)
+        frames.append(t)
+    paths = [out, out.with_suffix(".csv")]
+    atomic_write_bytes(paths[0], buf.getvalue())
+    atomic_write_text(paths[1], pd.concat(frames).to_csv(index=False, lineterminator="\n"))
+    return paths
+
+
 def figure_format(out: Path) -> str:
     """The figure format FILE's suffix names (png, pdf, svg, ...); PlotError if matplotlib has none."""
     from matplotlib.figure import Figure
@@ -452,9 +535,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                     help="keep only rows with KEY=VALUE (repeatable; applies to STL rows too)")
     ap.add_argument("--ok", default="ok", metavar="S1,S2", help="statuses counted in the mean (default ok)")
+    ap.add_argument("--stages", metavar="PREFIX", help="per-stage diagnostics PREFIX/<stage> (e.g. diag/movement) "
+                    "against the --hue value, one line per stage, one row of panels per n_ft")
     args = ap.parse_args(argv)
     try:
         figure_format(Path(args.out))
+        if args.stages:
+            stages = stage_summaries(load(args.paths), args.hue, args.stages, panel=args.panel, where=args.where,
+                                     ok=tuple(args.ok.split(",")))
+            for w in dict.fromkeys(w for s in stages.values() for w in s.warnings):
+                print(f"ptft-plot: warning: {w}", file=sys.stderr)
+            paths = write_stages(stages, Path(args.out))
+            print(f"ptft-plot: {len(stages)} stages of {args.stages} vs {args.hue} -> "
+                  + ", ".join(map(str, paths)), file=sys.stderr)
+            return 0
         s = summarise(load(args.paths), args.hue, metric=args.metric, panel=args.panel, where=args.where,
                       ok=tuple(args.ok.split(",")))
         for w in s.warnings:

@@ -1,0 +1,39 @@
+"""scripts/dln_finite_size.py: the points it studies and the power-law fit it reports."""
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import dln_finite_size as fs  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_points_are_the_distinct_disagreements_and_three_steep_agreements():
+    import csv
+
+    rows = list(csv.DictReader((REPO / "results" / "dln_agreement.csv").open()))
+    bad = {(tuple(float(r[k]) for k in fs.CONFIG_KEYS), float(r["alpha"])) for r in rows if r["agree"] == "False"}
+    pts = fs.points(REPO / "results" / "dln_agreement.csv")
+    dis = [p for p in pts if p["kind"] == "disagree"]
+    assert {(tuple(p["cfg"][k] for k in fs.CONFIG_KEYS), p["alpha"]) for p in dis} == bad
+    steep = [p for p in pts if p["kind"] == "agree_steep"]
+    assert len(steep) == fs.N_STEEP and all(p["theory"] > 0 for p in pts)
+
+
+def test_fit_recovers_a_known_decay_exponent():
+    rng = np.random.default_rng(0)
+    rows = []
+    for point, (A, p) in enumerate([(0.5, 0.5), (2.0, 1.0)]):
+        for D, seeds in fs.DIMS.items():
+            se = 0.02 * A * D ** (-p)  # 2% noise on each mean
+            gap = A * D ** (-p) + se * rng.standard_normal()
+            rows.append({"point": point, "kind": "disagree", **{k: 0.0 for k in fs.CONFIG_KEYS}, "alpha": 0.3,
+                         "theory": 0.1, "dim": D, "seeds": seeds, "gap": gap, "ratio": 1 + gap / 0.1,
+                         "sim_ci95": se * stats.t.ppf(0.975, seeds - 1)})
+    fit = {f["point"]: f for f in fs.fits(rows)}
+    for point, p in ((0, 0.5), (1, 1.0)):
+        assert abs(fit[point]["p"] - p) < 3 * fit[point]["p_se"] + 0.02
+    assert np.isfinite(fit["pooled"]["p"])
