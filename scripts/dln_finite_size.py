@@ -12,7 +12,7 @@ multi-configuration `ptft-dln` job per (D, alpha) (the points at that alpha shar
 (finished runs in the store are skipped).
 
 Outputs (--out, default results/): dln_finite_size.csv (per point and D: mean test error, 95% CI, the
-theory, gap = sim - theory, sim / theory, seeds, the job's CPU seconds), dln_finite_size_fit.csv (per
+theory, gap = sim - theory, sim / theory, seeds, the CPU seconds of the job that made it), dln_finite_size_fit.csv (per
 point: the weighted least-squares fit gap(D) = A D^-p over D, with p's standard error and the
 extrapolated gap at D = 1e6; and one pooled fit of sim / theory - 1 = A_k D^-p with a shared exponent)
 and dln_finite_size.png (|gap| and sim / theory vs D, log-log, one line per point).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -35,6 +36,7 @@ from ptft.analysis.panels import curve_config
 
 DIMS = {250: 32, 500: 16, 1000: 8, 2000: 4, 4000: 4}  # D -> seeds
 N_STEEP = 3
+P_MAX = 3.0  # the fitted exponent is bounded to [-3, 3]: a gap that changes sign has no power law
 
 
 def _cfg(row: dict) -> dict:
@@ -90,11 +92,14 @@ def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) ->
             (dim, alpha), (results, cpu) = futs[f], f.result()
             for p, res in zip(groups[(dim, alpha)], results):
                 err = np.array([m["test_mse"] for m in res.get("members", [res])])
+                # the CPU seconds of the job that trained this run (until it finished), from its timing.json
+                timing = json.loads((Path(store) / "dln" / res["provenance"]["run_hash"] / "timing.json").read_text())
                 rows.append({"point": p["point"], "kind": p["kind"], **{k: p["cfg"][k] for k in CONFIG_KEYS},
                              "alpha": alpha, "dim": dim, "seeds": len(err), "status": res["status"],
                              "sim_mean": float(err.mean()), "sim_ci95": ci95(err), "theory": p["theory"],
                              "gap": float(err.mean()) - p["theory"], "ratio": float(err.mean()) / p["theory"],
-                             "job_cpu_s": cpu, "job_points": len(groups[(dim, alpha)])})
+                             "job_cpu_s": timing.get("job_cpu_s", float("nan")),
+                             "job_points": len(groups[(dim, alpha)])})
             print(f"[{time.time() - t0:6.0f} s] {i}/{len(order)} D={dim} alpha={alpha}: "
                   f"{len(groups[(dim, alpha)])} points x {dims[dim]} seeds, {cpu:.0f} CPU s", flush=True)
     return sorted(rows, key=lambda r: (r["point"], r["dim"]))
@@ -117,7 +122,7 @@ def fits(rows: list[dict]) -> list[dict]:
         se = np.array([r["sim_ci95"] / stats.t.ppf(0.975, r["seeds"] - 1) for r in rs])
         try:
             (A, p), cov = optimize.curve_fit(_power, D, gap, p0=(gap[0] * D[0] ** 0.5, 0.5), sigma=se,
-                                             absolute_sigma=True, maxfev=20000)
+                                             absolute_sigma=True, maxfev=20000, bounds=([-np.inf, -P_MAX], [np.inf, P_MAX]))
             p_se = float(np.sqrt(cov[1, 1]))
         except (RuntimeError, ValueError):
             A, p, p_se = float("nan"), float("nan"), float("nan")
@@ -128,6 +133,10 @@ def fits(rows: list[dict]) -> list[dict]:
                     "gap_at_1e6": float(_power(1e6, A, p))})
     # pooled: relative gap, one exponent
     pts = sorted(by_point)
+    for d in sorted({r["dim"] for r in rows}):  # the mean relative gap over the disagreeing points, per D
+        dis = [r["ratio"] - 1 for r in rows if r["dim"] == d and r["kind"] == "disagree"]
+        out.append({"point": f"mean_D{d}", "kind": "mean of sim / theory - 1 over the disagreeing points",
+                    "dim": d, "mean_rel_gap": float(np.mean(dis)), "n_points": len(dis)})
     rel = [(pts.index(r["point"]), r["dim"], r["ratio"] - 1,
             r["sim_ci95"] / stats.t.ppf(0.975, r["seeds"] - 1) / r["theory"]) for r in rows]
     idx, D, y, se = (np.array(v, float) for v in zip(*rel))
@@ -162,7 +171,7 @@ def figure(rows: list[dict], fit: list[dict], path: Path) -> None:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for f in fit:
-        if f["point"] == "pooled":
+        if not isinstance(f["point"], int):
             continue
         rs = [r for r in rows if r["point"] == f["point"]]
         D = np.array([r["dim"] for r in rs])
@@ -205,7 +214,8 @@ def main() -> None:
     rows = simulate(pts, a.store, a.workers, dims)
     a.out.mkdir(parents=True, exist_ok=True)
     write(rows, a.out / "dln_finite_size.csv")
-    cost = {d: sum(r["job_cpu_s"] / r["job_points"] for r in rows if r["dim"] == d) for d in dims}
+    cost = {d: sum(max(r["job_cpu_s"] for r in rows if (r["dim"], r["alpha"]) == g)
+                   for g in {(r["dim"], r["alpha"]) for r in rows if r["dim"] == d}) for d in dims}
     print("CPU s per D: " + ", ".join(f"D={d}: {c:.0f}" for d, c in cost.items()))
     fit = fits(rows)
     write(fit, a.out / "dln_finite_size_fit.csv")

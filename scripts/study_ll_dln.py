@@ -6,13 +6,14 @@
 Arms: the pretrained first layer multiplied by s with the readout set to 1e-3 * s, s in {1, 1e-1, 1e-2,
 1e-3} (LL's pairs), and STL from the same 1e-3 init; n_FT in {16, 32, 64, 128}; 6 seeds; two FT tasks:
 nested (k_ft = 5, all shared with PT) and new features (k_ft = 5, overlap 0). Every job is one
-`ptft-dln experiment=ll_dln_rescale ...` in-process with three seeds batched (two jobs per point, one
-per worker); PT is trained once per seed and shared by every job through the PT store.
+`ptft-dln experiment=ll_dln_rescale ...` in-process with the six seeds batched; PT is trained once per
+seed and shared by every job through the PT store (the first job trains it).
 
 Outputs (--out, default results/): ll_dln_rescale.csv (one row per task, arm, n_ft and seed: FT test
 MSE, status, steps, restarts, the lr that finished, PT status / steps / final train MSE),
 ll_dln_rescale_summary.csv (per task, arm and n_ft: mean and 95% CI (Student t over seeds) of the test
-MSE, and of log10 of it) and ll_dln_rescale.png (FT test MSE vs n_FT, one line per s, STL dashed, log y,
+MSE, and of log10 of it), ll_dln_rescale_paired.csv (each arm against s = 1, paired by seed: mean and 95% CI
+of log10(error ratio), seeds where the arm is lower) and ll_dln_rescale.png (FT test MSE vs n_FT, one line per s, STL dashed, log y,
 one panel per task). The suite's replica theory is not drawn: it assumes an exact (infinitely
 trained) PT, the paper's "sum" re-initialisation (w+ = w-) and Gaussian teacher values, and none of the
 three holds here (see results/README.md).
@@ -33,7 +34,8 @@ from ptft.analysis.dln_sims import _timed_group, ci95
 ARMS = [("s=1", 1.0), ("s=0.1", 0.1), ("s=0.01", 0.01), ("s=0.001", 0.001), ("STL", None)]
 TASKS = {"nested": 5, "new": 0}  # dln.overlap of the k_ft = 5 FT coordinates with the PT support
 N_FT = (16, 32, 64, 128)
-HALVES = ([0, 1, 2], [3, 4, 5])
+SEEDS = [0, 1, 2, 3, 4, 5]
+HALVES = ([0, 1, 2], [3, 4, 5])  # how the first points of the study were run (two jobs per point)
 
 
 def arm_overrides(s: float | None) -> list[str]:
@@ -43,16 +45,23 @@ def arm_overrides(s: float | None) -> list[str]:
 
 
 def jobs(store: str) -> list[tuple[tuple, list[str]]]:
-    """(key, overrides) of every job; PT-side jobs of each seed half first (they train the shared PT)."""
+    """(key, overrides) of every job: one job per point with the 6 seeds batched (a step costs about the
+    same for 3 or 6 members at these sizes), or the point's two 3-seed jobs where both already finished."""
+    from ptft import app
+    from ptft.dln.main import scientific
+    from ptft.train.store import RunDir
+
     out = []
     for task, overlap in TASKS.items():
         for n in N_FT:
             for arm, s in ARMS:
-                for seeds in HALVES:
-                    key = (task, arm, n, tuple(seeds))
-                    out.append((key, ["experiment=ll_dln_rescale", f"dln.overlap={overlap}", f"dln.n_ft={n}",
-                                      f"dln.seeds={seeds}", f"store.root={store}", "wandb.mode=disabled",
-                                      *arm_overrides(s)]))
+                base = ["experiment=ll_dln_rescale", f"dln.overlap={overlap}", f"dln.n_ft={n}", f"store.root={store}",
+                        "wandb.mode=disabled", *arm_overrides(s)]
+                halves = [[*base, f"dln.seeds={h}"] for h in HALVES]
+                if all(RunDir(store, "dln", scientific(app.compose("dln", h))).finished for h in halves):
+                    out += [((task, arm, n, tuple(h)), ov) for h, ov in zip(HALVES, halves)]
+                else:
+                    out.append(((task, arm, n, tuple(SEEDS)), [*base, f"dln.seeds={SEEDS}"]))
     return out
 
 
@@ -93,6 +102,23 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired(rows: list[dict]) -> list[dict]:
+    """Each arm against s = 1, paired by seed (same PT, same FT data): the mean of log10(err_arm / err_s=1)
+    over seeds with its 95% CI, and how many seeds the arm has the lower error."""
+    err = {(r["task"], r["arm"], r["n_ft"], r["seed"]): float(r["test_mse"]) for r in rows}
+    out = []
+    for task in TASKS:
+        for arm, _ in ARMS[1:]:
+            for n in N_FT:
+                seeds = [sd for (t, a, m, sd) in err if (t, a, m) == (task, arm, n) and (task, "s=1", n, sd) in err]
+                if not seeds:
+                    continue
+                d = np.array([np.log10(err[(task, arm, n, sd)] / err[(task, "s=1", n, sd)]) for sd in seeds])
+                out.append({"task": task, "arm": arm, "minus": "s=1", "n_ft": n, "seeds": len(d),
+                            "log10_ratio_mean": d.mean(), "log10_ratio_ci95": ci95(d), "n_lower": int((d < 0).sum())})
+    return out
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -122,6 +148,7 @@ def figure(summary: list[dict], path: Path) -> None:
         ax.set(xscale="log", yscale="log", xlabel="n_FT", title=f"{task} FT task (k_ft = 5, overlap "
                                                                   f"{TASKS[task]})")
         ax.set_xticks(N_FT, [str(n) for n in N_FT])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_ylabel("FT test MSE (geometric mean, 95% CI)")
     axes[-1].legend(fontsize=8)
     fig.suptitle(f"LL DLN rescaling: D = 1000, PT on 1024 samples, {summary[0]['seeds']} seeds", fontsize=10)
@@ -142,6 +169,7 @@ def main() -> None:
     write_csv(rows, a.out / "ll_dln_rescale.csv")
     summary = summarise(rows)
     write_csv(summary, a.out / "ll_dln_rescale_summary.csv")
+    write_csv(paired(rows), a.out / "ll_dln_rescale_paired.csv")
     figure(summary, a.out / "ll_dln_rescale.png")
 
 
