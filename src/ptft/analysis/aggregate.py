@@ -78,7 +78,7 @@ def added_defaults() -> dict[str, Any]:
     from ptft.train.trainer import NEW_TRAIN_KEYS
 
     return {**{f"{pre}.{k}": v for pre in ("train", "pretrain.train") for k, v in NEW_TRAIN_KEYS.items()},
-            **{f"dln.{k}": v for k, v in NEW_DLN_KEYS.items()}, "ft.bn_recalibrate": False}
+            **{f"dln.{k}": v for k, v in NEW_DLN_KEYS.items()}}
 
 
 def config_columns(config: dict[str, Any]) -> dict[str, Any]:
