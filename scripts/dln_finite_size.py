@@ -31,7 +31,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from ptft.analysis.dln_figures import theory
-from ptft.analysis.dln_sims import CONFIG_KEYS, _timed_group, ci95, group_overrides
+from ptft.analysis.dln_sims import CONFIG_KEYS, _timed_group, ci95, group_overrides, worker_init
 from ptft.analysis.panels import curve_config
 
 DIMS = {250: 32, 500: 16, 1000: 8, 2000: 4, 4000: 4}  # D -> seeds
@@ -85,7 +85,7 @@ def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) ->
     order = sorted(groups, key=lambda g: (g[0], -g[1]))  # D by D (a partial study has whole Ds), big alpha first
     rows = []
     t0 = time.time()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init) as ex:
         futs = {ex.submit(_timed_group, group_overrides([p["cfg"] for p in groups[g]], g[1], g[0], dims[g[0]],
                                                         store)): g for g in order}
         for i, f in enumerate(as_completed(futs), 1):

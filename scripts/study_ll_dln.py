@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptft.analysis.dln_sims import _timed_group, ci95
+from ptft.analysis.dln_sims import _timed_group, ci95, worker_init
 
 ARMS = [("s=1", 1.0), ("s=0.1", 0.1), ("s=0.01", 0.01), ("s=0.001", 0.001), ("STL", None)]
 TASKS = {"nested": 5, "new": 0}  # dln.overlap of the k_ft = 5 FT coordinates with the PT support
@@ -69,7 +69,7 @@ def run(store: str, workers: int) -> list[dict]:
     rows = []
     t0 = time.time()
     todo = jobs(store)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init) as ex:
         futs = {ex.submit(_timed_group, ov): key for key, ov in todo}
         for i, f in enumerate(as_completed(futs), 1):
             (task, arm, n, _), (res, cpu) = futs[f], f.result()

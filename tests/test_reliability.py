@@ -344,3 +344,36 @@ def test_aggregate_shows_provenance_and_warns_on_mixed_commits(tmp_path, capsys)
     assert agg.main([str(tmp_path), "--out", str(tmp_path / "t.csv")]) == 0
     err = capsys.readouterr().err
     assert "warning: the table mixes results made by 2 different commits" in err and "ffffffffff: 1 rows" in err
+
+
+def test_study_pool_workers_die_with_their_driver(tmp_path):
+    """A study driver killed with SIGKILL leaves no pool worker training on (ptft.analysis.dln_sims.worker_init)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from ptft.analysis.dln_sims import worker_init\n"
+        "def work(_):\n"
+        "    print(os.getpid(), flush=True); time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=worker_init) as ex:\n"
+        "        ex.submit(work, 0).result()\n")
+    p = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True)
+    worker = int(p.stdout.readline())
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError(f"pool worker {worker} outlived its killed driver")

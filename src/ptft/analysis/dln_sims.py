@@ -55,6 +55,18 @@ def group_overrides(curves: list[dict], alpha: float, dim: int, seeds: int | lis
     return [f"dln.configs=[{entries}]"] + _common(alpha, dim, seeds, store, device)
 
 
+def worker_init() -> None:
+    """Pool workers die with their driver: on Linux the kernel sends them SIGTERM when the driver exits
+    (killed included), and the trainer checkpoints on SIGTERM, so an interrupted study resumes where it
+    stopped instead of leaving orphans that train on."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
 def _run(overrides: list[str]) -> dict:
     return _run_group(overrides)[0]
 
@@ -124,7 +136,7 @@ def simulate(scale: str, store: str, workers: int = 1, device: str = "cpu", out:
     rows = []
     t0, cpu_total = time.time(), 0.0
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init) as pool:
         futs = {pool.submit(_timed_group, group_overrides(cs, a, sc["dim"], sc["seeds"], store, device)): (cs, a)
                 for cs, a in groups}
         for i, f in enumerate(as_completed(futs), 1):
