@@ -7,7 +7,8 @@ simulation (D = 1000, 5 seeds) disagrees with the theory (results/dln_agreement.
 9 distinct (curve, alpha) points) and the 3 agreeing points where the theory is steepest in alpha, and
 runs the same gradient descent (lr 0.5, float64, train MSE < 1e-4) at D in {250, 500, 1000, 2000, 4000}
 with more seeds at small D (the spread across seeds shrinks like D^-1/2): 32, 16, 8, 4, 4 (--dims
-runs a subset). One
+runs a subset; --alphas only the points at those alphas; --merge keeps the rows of the existing CSV that
+the run does not redo, e.g. `--dims 4000 --alphas 0.059 0.108 --merge` adds D = 4000 where it is cheap). One
 multi-configuration `ptft-dln` job per (D, alpha) (the points at that alpha share X per seed); resumable
 (finished runs in the store are skipped).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +35,7 @@ from scipy import optimize, stats
 from ptft.analysis.dln_figures import theory
 from ptft.analysis.dln_sims import CONFIG_KEYS, _timed_group, ci95, group_overrides, worker_init
 from ptft.analysis.panels import curve_config
+from ptft.train.store import atomic_write_text
 
 DIMS = {250: 32, 500: 16, 1000: 8, 2000: 4, 4000: 4}  # D -> seeds
 N_STEEP = 3
@@ -154,12 +157,22 @@ def fits(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _read(path: Path) -> list[dict]:
+    """The rows of a dln_finite_size.csv, numbers as numbers."""
+    def num(k, v):
+        if k in ("kind", "status"):
+            return v
+        return int(v) if k in ("point", "dim", "seeds", "job_points") else float(v)
+    return [{k: num(k, v) for k, v in r.items()} for r in csv.DictReader(path.open())]
+
+
 def write(rows: list[dict], path: Path) -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())  # an interrupted write never damages the previous table
     print(f"wrote {path}")
 
 
@@ -203,15 +216,34 @@ def main() -> None:
     ap.add_argument("--agreement", type=Path, default=Path("results/dln_agreement.csv"))
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--dims", type=int, nargs="+", default=list(DIMS), help=f"a subset of {list(DIMS)}")
+    ap.add_argument("--alphas", type=float, nargs="+", help="run only the points at these alphas")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the existing OUT/dln_finite_size.csv that this run does not redo "
+                         "(e.g. add D = 4000 for a few points to a finished study), and fit all of them")
     a = ap.parse_args()
     bad = sorted(set(a.dims) - set(DIMS))
     if bad:
         ap.error(f"--dims {bad}: choose from {list(DIMS)} (each D has its seed count)")
     dims = {d: DIMS[d] for d in sorted(a.dims)}
     pts = points(a.agreement)
+    if a.alphas:
+        want = {round(x, 6) for x in a.alphas}
+        bad = sorted(want - {round(p["alpha"], 6) for p in pts})
+        if bad:
+            ap.error(f"--alphas {bad}: no study point there; the points' alphas are "
+                     f"{sorted({p['alpha'] for p in pts})}")
+        pts = [p for p in pts if round(p["alpha"], 6) in want]
+    old = a.out / "dln_finite_size.csv"
+    if a.merge and not old.exists():
+        ap.error(f"--merge: {old} does not exist")
     print(f"{sum(p['kind'] == 'disagree' for p in pts)} disagreeing and "
           f"{sum(p['kind'] != 'disagree' for p in pts)} steep agreeing points", flush=True)
     rows = simulate(pts, a.store, a.workers, dims)
+    if a.merge:
+        done = {(r["point"], r["dim"]) for r in rows}
+        kept = [r for r in _read(old) if (r["point"], r["dim"]) not in done]
+        rows = sorted(rows + kept, key=lambda r: (r["point"], r["dim"]))
+        dims = dict.fromkeys(sorted({r["dim"] for r in rows}))
     a.out.mkdir(parents=True, exist_ok=True)
     write(rows, a.out / "dln_finite_size.csv")
     cost = {d: sum(max(r["job_cpu_s"] for r in rows if (r["dim"], r["alpha"]) == g)

@@ -37,3 +37,12 @@ def test_fit_recovers_a_known_decay_exponent():
     for point, p in ((0, 0.5), (1, 1.0)):
         assert abs(fit[point]["p"] - p) < 3 * fit[point]["p_se"] + 0.02
     assert np.isfinite(fit["pooled"]["p"])
+
+
+def test_table_round_trips_for_merge(tmp_path):
+    """--merge reads the previous table back: numbers and labels come back as written."""
+    rows = [{"point": i, "kind": "disagree", **{k: 0.1 * i for k in fs.CONFIG_KEYS}, "alpha": 0.353, "dim": D,
+             "seeds": 4, "status": "ok", "sim_mean": 1 / 3, "sim_ci95": 0.01, "theory": 0.2, "gap": 1 / 3 - 0.2,
+             "ratio": 5 / 3, "job_cpu_s": 12.5, "job_points": 2} for i, D in ((0, 250), (1, 4000))]
+    fs.write(rows, tmp_path / "t.csv")
+    assert fs._read(tmp_path / "t.csv") == rows
