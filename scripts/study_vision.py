@@ -1,10 +1,11 @@
 """The CPU knob study of the deep track on synthetic ground truths (issue #9 part 2; results/README.md).
 
-    python scripts/study_vision.py --store runs/vision_knobs --workers 2 --budget-min 38   # jobs, then report
+    python scripts/study_vision.py --store runs/vision_knobs --workers 2                    # jobs, then report
     python scripts/study_vision.py --store runs/vision_knobs --report-only                # CSV/figures from the store
 
 Preset `synthetic_knobs` (resnet18_cifar width 4, SVHN-format synthetic set, FT classes 8 and 9 built by
-`ptft-data synthetic --ground-truth subset|new`, one data root per ground truth: data/vknobs_<gt>). Knobs one
+`ptft-data synthetic --ground-truth subset|new|dense`, one data root per ground truth: data/vknobs_<gt>;
+--ground-truths picks them, default all three). Knobs one
 at a time around the baseline (kappa = scale = gamma = s = 1): init.kappa, init.scale, ft.readout_scale,
 LL's ft.rescale (run with ft.bn_recalibrate=true, s = 1 included, since FT lr 0.01 converges in tens of
 steps and would otherwise be evaluated with stale BatchNorm statistics, docs/vision.md), and STL. Each job
@@ -39,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-GTS = ("subset", "new")
+GTS = ("subset", "new", "dense")
 KNOBS = {"init.kappa": (0.25, 0.5, 1, 2), "init.scale": (0.5, 1, 2), "ft.readout_scale": (0.1, 1, 3),
          "ft.rescale": (0.25, 1)}
 RECAL = "ft.bn_recalibrate=true"  # with every ft.rescale job (see docstring)
@@ -222,13 +223,20 @@ def main() -> None:
     ap.add_argument("--n-ft", type=int, nargs="+", default=[10, 20, 40, 80])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--budget-min", type=float, default=None, help="start no job after this many minutes")
+    ap.add_argument("--ground-truths", nargs="+", default=list(GTS), choices=("subset", "new", "dense"),
+                    help="the FT ground truths to run (data: DATA/vknobs_<gt>, see results/README.md)")
     ap.add_argument("--no-bn", action="store_true", help="skip the bn_recalibrate measurement jobs")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="extra ptft-finetune overrides for every job")
     a = ap.parse_args()
     if not a.report_only:
-        run_all(a.store.resolve(), a.workers, jobs(a.n_ft, a.seeds, a.data, bn=not a.no_bn), a.overrides,
-                a.budget_min)
+        missing = [gt for gt in a.ground_truths if not (Path(a.data) / f"vknobs_{gt}").is_dir()]
+        if missing:
+            ap.error("no data for " + ", ".join(missing) + ": make it with " + "; ".join(
+                f"ptft-data synthetic --root {a.data}/vknobs_{gt} --format svhn --n-train-per-class 150 "
+                f"--n-test-per-class 50 --distractors 1 --ground-truth {gt} --seed 0" for gt in missing))
+        run_all(a.store.resolve(), a.workers, jobs(a.n_ft, a.seeds, a.data, a.ground_truths, bn=not a.no_bn),
+                a.overrides, a.budget_min)
     report(a.store.resolve(), a.out)
 
 
