@@ -16,7 +16,9 @@ Outputs (--out, default results/): dln_finite_size.csv (per point and D: mean te
 theory, gap = sim - theory, sim / theory, seeds, the CPU seconds of the job that made it), dln_finite_size_fit.csv (per
 point: the weighted least-squares fit gap(D) = A D^-p over D, with p's standard error and the
 extrapolated gap at D = 1e6; and one pooled fit of sim / theory - 1 = A_k D^-p with a shared exponent)
-and dln_finite_size.png (|gap| and sim / theory vs D, log-log, one line per point).
+and dln_finite_size.png (|gap| and sim / theory vs D, log-log, one line per point); dln_sim_theory_offset.csv
+(over all judged points of the six panels at D = 1000, per FT support fraction rho_ft: how many have the
+simulation above the theory, the median sim / theory and the mean log ratio with its standard error).
 """
 from __future__ import annotations
 
@@ -106,6 +108,25 @@ def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) ->
             print(f"[{time.time() - t0:6.0f} s] {i}/{len(order)} D={dim} alpha={alpha}: "
                   f"{len(groups[(dim, alpha)])} points x {dims[dim]} seeds, {cpu:.0f} CPU s", flush=True)
     return sorted(rows, key=lambda r: (r["point"], r["dim"]))
+
+
+def offset_by_support(agreement: Path) -> list[dict]:
+    """The sign and size of sim / theory over ALL judged points of the six-panel figure (D = 1000), per FT
+    support fraction rho_ft: is the simulation above the theory only at the disagreeing points, or
+    everywhere, by an amount that depends on the teacher's sparsity?"""
+    rows = [r for r in csv.DictReader(agreement.open()) if r["status"] == "ok"]
+    by_key: dict[tuple, dict] = {}
+    for r in rows:
+        by_key.setdefault(_key(_cfg(r), float(r["alpha"])), r)
+    out = []
+    for rho in sorted({float(r["rho_ft"]) for r in by_key.values()}):
+        rs = [r for r in by_key.values() if float(r["rho_ft"]) == rho]
+        lr = np.log([float(r["sim_mean"]) / float(r["theory"]) for r in rs])
+        out.append({"rho_ft": rho, "points": len(rs), "agree": sum(r["agree"] == "True" for r in rs),
+                    "sim_above_theory": int((lr > 0).sum()), "median_ratio": float(np.exp(np.median(lr))),
+                    "mean_log_ratio": float(lr.mean()),
+                    "mean_log_ratio_se": float(lr.std(ddof=1) / np.sqrt(len(lr))) if len(lr) > 1 else float("nan")})
+    return out
 
 
 def _power(D, A, p):
@@ -252,6 +273,7 @@ def main() -> None:
     fit = fits(rows)
     write(fit, a.out / "dln_finite_size_fit.csv")
     figure(rows, fit, a.out / "dln_finite_size.png")
+    write(offset_by_support(a.agreement), a.out / "dln_sim_theory_offset.csv")
 
 
 if __name__ == "__main__":

@@ -46,3 +46,22 @@ def test_table_round_trips_for_merge(tmp_path):
              "ratio": 5 / 3, "job_cpu_s": 12.5, "job_points": 2} for i, D in ((0, 250), (1, 4000))]
     fs.write(rows, tmp_path / "t.csv")
     assert fs._read(tmp_path / "t.csv") == rows
+
+
+def test_offset_by_support_counts_and_averages_per_rho(tmp_path):
+    import csv
+
+    rows = list(csv.DictReader((REPO / "results" / "dln_agreement.csv").open()))[:6]
+    ratios = [2.0, 0.5, 1.5, 1.0, 1.25, 0.8]
+    for i, (r, q) in enumerate(zip(rows, ratios)):
+        r.update(rho_ft=str(0.1 if i < 3 else 0.9), alpha=str(0.1 + 0.01 * i), status="ok", theory="0.2",
+                 sim_mean=str(0.2 * q))
+    path = tmp_path / "agreement.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = {o["rho_ft"]: o for o in fs.offset_by_support(path)}
+    assert out[0.1]["points"] == 3 and out[0.1]["sim_above_theory"] == 2
+    assert np.isclose(out[0.1]["median_ratio"], 1.5) and np.isclose(out[0.1]["mean_log_ratio"], np.log(1.5) / 3)
+    assert out[0.9]["sim_above_theory"] == 1 and np.isclose(out[0.9]["median_ratio"], 1.0)
