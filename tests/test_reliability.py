@@ -377,3 +377,46 @@ def test_study_pool_workers_die_with_their_driver(tmp_path):
         time.sleep(0.1)
     os.kill(worker, signal.SIGKILL)
     raise AssertionError(f"pool worker {worker} outlived its killed driver")
+
+
+def test_orphaned_study_worker_checkpoints_then_exits(tmp_path):
+    """A real DLN study job in a pool worker whose driver is SIGKILLed: the worker writes its checkpoint
+    (SIGTERM from worker_init's PR_SET_PDEATHSIG) and then exits instead of waiting for work forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = tmp_path / "store"
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "from ptft.analysis.dln_sims import _timed_group, group_overrides, worker_init\n"
+        "from ptft.analysis.panels import curve_config\n"
+        "if __name__ == '__main__':\n"
+        "    cfg = curve_config({'c_pt': 1e-6, 'lam_pt': -0.99, 'omega': 0.5})  # a slow curve\n"
+        f"    ov = group_overrides([cfg], 0.35, 300, 1, {str(store)!r}) + ['wandb.mode=disabled']\n"
+        "    with ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=worker_init) as ex:\n"
+        "        ex.submit(_timed_group, ov).result()\n")
+    p = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(store.glob("dln/*/metrics.jsonl")):  # training has started
+        assert time.time() < deadline and p.poll() is None, "the study job did not start"
+        time.sleep(0.2)
+    children = {int(c) for t in Path(f"/proc/{p.pid}/task").iterdir()
+                for c in (t / "children").read_text().split()}
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    t0 = time.time()
+    while time.time() - t0 < 30:
+        alive = [c for c in children if Path(f"/proc/{c}").exists()
+                 and Path(f"/proc/{c}/stat").read_text().split()[2] != "Z"]
+        if not alive:
+            break
+        time.sleep(0.2)
+    for c in alive:
+        os.kill(c, signal.SIGKILL)
+    assert not alive, f"pool processes {alive} outlived their killed driver"
+    assert list(store.glob("dln/*/checkpoint.pt")), "no checkpoint written on the way out"

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from scipy import stats
@@ -55,14 +57,20 @@ def group_overrides(curves: list[dict], alpha: float, dim: int, seeds: int | lis
     return [f"dln.configs=[{entries}]"] + _common(alpha, dim, seeds, store, device)
 
 
+_DRIVER: Optional[int] = None  # pid of the driver that started this pool worker (worker_init)
+
+
 def worker_init() -> None:
     """Pool workers die with their driver: on Linux the kernel sends them SIGTERM when the driver exits
     (killed included), and the trainer checkpoints on SIGTERM, so an interrupted study resumes where it
-    stopped instead of leaving orphans that train on."""
+    stopped instead of leaving orphans that train on. The trainer then raises Preempted, and
+    `_timed_group` ends the orphaned worker (a pool worker would otherwise wait for work forever)."""
     import ctypes
     import signal
     import sys
 
+    global _DRIVER
+    _DRIVER = os.getppid()
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
@@ -73,8 +81,15 @@ def _run(overrides: list[str]) -> dict:
 
 def _timed_group(overrides: list[str]) -> tuple[list[dict], float]:
     """_run_group and the CPU seconds the worker spent on it (the wall time on a shared machine is not)."""
+    from ptft.train.trainer import Preempted
+
     t0 = time.process_time()
-    res = _run_group(overrides)
+    try:
+        res = _run_group(overrides)
+    except Preempted:
+        if _DRIVER is not None and os.getppid() != _DRIVER:  # the driver is gone: the checkpoint is written
+            os._exit(143)
+        raise
     return res, time.process_time() - t0
 
 
