@@ -199,11 +199,12 @@ def write(rows: list[dict], path: Path) -> None:
 
 def figure(rows: list[dict], fit: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 5.2))
     for f in fit:
         if not isinstance(f["point"], int):
             continue
@@ -224,8 +225,12 @@ def figure(rows: list[dict], fit: list[dict], path: Path) -> None:
     a2.axhline(1, color="k", lw=0.8)
     a2.set(xscale="log", xlabel="D", ylabel="sim / theory",
            title=f"pooled fit: relative gap ~ D^-p, p = {pooled['p']:.2f} ± {pooled['p_se']:.2f}")
-    a1.legend(fontsize=6)
-    fig.tight_layout()
+    dims = sorted({r["dim"] for r in rows})
+    for ax in (a1, a2):  # one labelled tick per simulated D, no crowded minor labels
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fig.legend(*a1.get_legend_handles_labels(), fontsize=6, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")
 
