@@ -7,7 +7,9 @@
      single   - one member through the trainer (DLNTask, B = 1),
      batched  - B = --members members with their own X through the trainer (today's seeds job),
      shared-X - the same number of members sharing one X (ptft.dln.sharedx, what a multi-configuration
-                job does for the members at one seed).
+                job does for the members at one seed);
+   on CPU also the one-pass step over X, and a job's tail (1 member at each of 5 seeds) stepped in
+   lockstep vs in blocks of 64 iterations per X (the engine's CPU default).
 2. A panel-like grid: every curve of the six panels (28) at one alpha, --grid-seeds seeds, through the
    real pipeline (run store, result.json), as one batched job per curve (before) and as one
    multi-configuration job (dln.configs); prints both wall times, the speed-up and the largest
@@ -96,6 +98,18 @@ def step_rates(dim: int, alpha: float, K: int, device: str, steps: int) -> None:
         k = min(K, 4)
         rows += [(f"engine, {k} members, two products", _rate(shared(k, float("inf")), f1 * k * steps)),
                  (f"engine, {k} members, one fused pass over X", _rate(shared(k, 0.0), f1 * k * steps))]
+    if device == "cpu":  # a job's tail: one slow member left at each of 5 seeds (5 inputs X, 5x the cache
+        # of one); lockstep streams all five X from memory every iteration, blocks keep one in cache
+        G, t_steps = 5, max(steps, 256)
+        Xs = {g: X + 1e-3 * g for g in range(G)}
+        tail = [Member(g, Y[0], type(st)(*(f[0] for f in st))) for g in range(G)]
+
+        def blocked(block: int):
+            def go():
+                SharedXEngine(Xs, tail, lr=0.1, threshold=0.0, max_steps=t_steps, block=block).run()
+            return go
+        rows += [(f"engine, {G} X x 1 member, lockstep", _rate(blocked(1), f1 * G * t_steps)),
+                 (f"engine, {G} X x 1 member, blocks of 64 steps", _rate(blocked(64), f1 * G * t_steps))]
     for name, r in rows:
         print(f"  {name:44s} {r:7.2f} GFLOP/s")
     print(f"  shared-X / batched: {rows[4][1] / rows[3][1]:.1f}x   shared-X / single: {rows[4][1] / rows[2][1]:.1f}x   "

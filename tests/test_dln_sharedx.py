@@ -56,14 +56,19 @@ def test_each_configuration_equals_its_single_job(tmp_path):
     assert its[0] < its[1] == 5000
 
 
-def test_device_style_masked_stepping_equals_host_compaction():
-    """The GPU code path (stops masked on the device, compaction every sync_every steps) on the CPU."""
-    cfgs = member_configs(compose("unused", configs_arg(GRID)))
+def engine_members(entries) -> tuple[dict, list[Member]]:
+    """The inputs (one X per seed) and engine members of `entries` at seeds 0 and 1."""
     X, members = {}, []
-    for c in cfgs:
+    for c in member_configs(compose("unused", configs_arg(entries))):
         data = [member_data(c.dln, s, X.setdefault(s, ft_inputs(c.dln, s))) for s in (0, 1)]
         st = start_state(c.dln, data)
         members += [Member(s, m.y, type(st)(*(f[b] for f in st))) for b, (s, m) in enumerate(zip((0, 1), data))]
+    return X, members
+
+
+def test_device_style_masked_stepping_equals_host_compaction():
+    """The GPU code path (stops masked on the device, compaction every sync_every steps) on the CPU."""
+    X, members = engine_members(GRID)
     out = []
     for sync in (1, 7):
         eng = SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=3000, sync_every=sync)
@@ -76,14 +81,38 @@ def test_device_style_masked_stepping_equals_host_compaction():
         np.testing.assert_allclose(a[ok], b[ok], rtol=1e-10, atol=1e-14)
 
 
+def test_block_stepping_is_bit_identical_to_lockstep_and_reports_every_log_step():
+    """CPU groups run `block` iterations each in turn (their X stays in cache): every member's factors,
+    status and steps are the same bits as in lockstep (block 1), with max_steps falling inside a block,
+    and on_step still sees every multiple of `every`."""
+    X, members = engine_members(GRID)
+    out, seen = [], []
+    for block in (1, 5, 64):
+        eng = SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=2999, block=block)
+        ts = []
+        eng.run(lambda e: ts.append(e.t), every=100)
+        out.append(eng.snapshot())
+        seen.append(ts)
+    eng = SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=2999)  # CPU default: blocks, no `every`
+    eng.run()
+    out.append(eng.snapshot())
+    f1, s1, st1, l1 = out[0]
+    assert {"converged", "diverged", "max_steps"} <= set(st1)
+    for f, s, st, l in out[1:]:
+        assert st == st1 and list(s) == list(s1)
+        for a, b in zip(f, f1):
+            assert np.array_equal(a, b, equal_nan=True)
+        assert np.array_equal(l, l1, equal_nan=True)
+    for block, ts in zip((1, 5, 64), seen):
+        assert ts == sorted(set(ts)) and np.diff([0] + ts).max() <= block
+        assert set(range(100, ts[-1] + 1, 100)) <= set(ts)
+    with pytest.raises(ValueError, match="block"):
+        SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=10, block=0)
+
+
 def test_fused_pass_over_x_equals_two_products():
     """The one-pass (row blocks) step used when X does not fit in cache gives the same trajectories."""
-    c = member_configs(compose("unused", configs_arg(["{}", "{lam_pt:-0.99,omega:0.5}", "{gamma:10.0}"])))
-    X, members = {}, []
-    for cc in c:
-        data = [member_data(cc.dln, s, X.setdefault(s, ft_inputs(cc.dln, s))) for s in (0, 1)]
-        st = start_state(cc.dln, data)
-        members += [Member(s, m.y, type(st)(*(f[b] for f in st))) for b, (s, m) in enumerate(zip((0, 1), data))]
+    X, members = engine_members(["{}", "{lam_pt:-0.99,omega:0.5}", "{gamma:10.0}"])
     out = []
     for fused_bytes in (float("inf"), 0):
         eng = SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=3000, fused_min_bytes=fused_bytes,

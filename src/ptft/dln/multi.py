@@ -235,8 +235,8 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
     finalize_done()
     with _Signals() as sig, progress(total=cfg.train.max_steps, desc=f"dln x{len(per_cfg)} configs",
                                      unit="step") as bar:
-        def on_step(e: SharedXEngine) -> None:
-            bar.update(1)
+        def on_step(e: SharedXEngine) -> None:  # after each block of iterations; e.t hits every log_every
+            bar.update(e.t - bar.n)
             if e.t % log_every == 0:
                 for k, (p, lg, (_, sp, st, ls)) in enumerate(zip(per_cfg, loggers, merged(*e.snapshot(factors=False)))):
                     if idx[k] not in results:
@@ -248,7 +248,7 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
                 if sig.pending is not None:
                     sig.forward()
 
-        eng.run(on_step)
+        eng.run(on_step, every=log_every)
     finalize_done()
     assert len(results) == len(per_cfg)
     return results
