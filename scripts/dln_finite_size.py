@@ -7,7 +7,7 @@ simulation (D = 1000, 5 seeds) disagrees with the theory (results/dln_agreement.
 9 distinct (curve, alpha) points) and the 3 agreeing points where the theory is steepest in alpha, and
 runs the same gradient descent (lr 0.5, float64, train MSE < 1e-4) at D in {250, 500, 1000, 2000, 4000}
 with more seeds at small D (the spread across seeds shrinks like D^-1/2): 32, 16, 8, 4, 4 (--dims
-runs a subset; --alphas only the points at those alphas; --merge keeps the rows of the existing CSV that
+runs a subset; --alphas / --points only the points at those alphas / with those numbers; --merge keeps the rows of the existing CSV that
 the run does not redo, e.g. `--dims 4000 --alphas 0.059 0.108 --merge` adds D = 4000 where it is cheap). One
 multi-configuration `ptft-dln` job per (D, alpha) (the points at that alpha share X per seed); resumable
 (finished runs in the store are skipped).
@@ -243,6 +243,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--dims", type=int, nargs="+", default=list(DIMS), help=f"a subset of {list(DIMS)}")
     ap.add_argument("--alphas", type=float, nargs="+", help="run only the points at these alphas")
+    ap.add_argument("--points", type=int, nargs="+", help="run only these points (the `point` column)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the existing OUT/dln_finite_size.csv that this run does not redo "
                          "(e.g. add D = 4000 for a few points to a finished study), and fit all of them")
@@ -259,6 +260,12 @@ def main() -> None:
             ap.error(f"--alphas {bad}: no study point there; the points' alphas are "
                      f"{sorted({p['alpha'] for p in pts})}")
         pts = [p for p in pts if round(p["alpha"], 6) in want]
+    if a.points:
+        bad = sorted(set(a.points) - {p["point"] for p in pts})
+        if bad:
+            ap.error(f"--points {bad}: not among the points {[p['point'] for p in pts]}"
+                     + (" at those --alphas" if a.alphas else ""))
+        pts = [p for p in pts if p["point"] in a.points]
     old = a.out / "dln_finite_size.csv"
     if a.merge and not old.exists():
         ap.error(f"--merge: {old} does not exist")

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -65,3 +66,17 @@ def test_offset_by_support_counts_and_averages_per_rho(tmp_path):
     assert out[0.1]["points"] == 3 and out[0.1]["sim_above_theory"] == 2
     assert np.isclose(out[0.1]["median_ratio"], 1.5) and np.isclose(out[0.1]["mean_log_ratio"], np.log(1.5) / 3)
     assert out[0.9]["sim_above_theory"] == 1 and np.isclose(out[0.9]["median_ratio"], 1.0)
+
+
+@pytest.mark.parametrize("args, needle", [(["--dims", "300"], "--dims [300]"),
+                                          (["--alphas", "0.2"], "--alphas [0.2]"),
+                                          (["--points", "12"], "--points [12]"),
+                                          (["--alphas", "0.059", "--points", "0"], "at those --alphas"),
+                                          (["--merge", "--out", "{tmp}/none"], "does not exist")])
+def test_bad_selections_are_refused_before_any_job(tmp_path, capsys, monkeypatch, args, needle):
+    monkeypatch.setattr(sys, "argv", ["dln_finite_size.py", "--store", str(tmp_path / "store"),
+                                      *[a.replace("{tmp}", str(tmp_path)) for a in args]])
+    with pytest.raises(SystemExit) as e:
+        fs.main()
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
