@@ -19,6 +19,15 @@ extrapolated gap at D = 1e6; and one pooled fit of sim / theory - 1 = A_k D^-p w
 and dln_finite_size.png (|gap| and sim / theory vs D, log-log, one line per point); dln_sim_theory_offset.csv
 (over all judged points of the six panels at D = 1000, per FT support fraction rho_ft: how many have the
 simulation above the theory, the median sim / theory and the mean log ratio with its standard error).
+
+    python scripts/dln_finite_size.py --ib --workers 2
+
+splits the gap in two without gradient descent: the replica theory predicts the error of the exact
+implicit-bias minimiser (argmin sum q_k(beta) s.t. X beta = y), which Newton's method finds in seconds, so
+the same points are solved at D in {250, ..., 4000} with 256, 128, 64, 32, 16 seeds (minimiser / theory:
+the finite-size part), and GD's mean is divided by the minimiser's on the GD runs' own seeds (GD /
+minimiser: what the simulation protocol adds). Outputs dln_finite_size_ib.csv (same columns, the
+minimiser's error in sim_mean, plus gd_over_ib), dln_finite_size_ib_fit.csv and dln_finite_size_ib.png.
 """
 from __future__ import annotations
 
@@ -35,11 +44,12 @@ import numpy as np
 from scipy import optimize, stats
 
 from ptft.analysis.dln_figures import theory
-from ptft.analysis.dln_sims import CONFIG_KEYS, _timed_group, ci95, group_overrides, worker_init
+from ptft.analysis.dln_sims import CONFIG_KEYS, _timed_group, ci95, group_overrides, job_overrides, worker_init
 from ptft.analysis.panels import curve_config
 from ptft.train.store import atomic_write_text
 
 DIMS = {250: 32, 500: 16, 1000: 8, 2000: 4, 4000: 4}  # D -> seeds
+IB_DIMS = {250: 256, 500: 128, 1000: 64, 2000: 32, 4000: 16}  # D -> seeds of the implicit-bias minimiser
 N_STEEP = 3
 P_MAX = 3.0  # the fitted exponent is bounded to [-3, 3]: a gap that changes sign has no power law
 
@@ -110,6 +120,56 @@ def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) ->
     return sorted(rows, key=lambda r: (r["point"], r["dim"]))
 
 
+def ib_row(p: dict, dim: int, seeds: int, store: str) -> dict:
+    """The point at D = dim without gradient descent: the test error of the exact implicit-bias minimiser
+    (argmin sum_i q_k(beta_i) s.t. X beta = y, PAPER.md section 3; ptft.dln.theory.implicit_bias_solution),
+    the quantity the replica theory predicts, for seeds 0 .. seeds - 1 on the GD members' data, teachers
+    and test inputs. `gd_over_ib`: the GD mean over the seeds of the GD run in `store` (if it finished)
+    divided by the minimiser's mean over the same seeds, i.e. what the simulation protocol adds."""
+    import torch
+
+    import ptft.dln.main  # noqa: F401  (registers the dln config schema)
+    from ptft import app
+    from ptft.dln.main import scientific
+    from ptft.dln.task import member_data, test_inputs
+    from ptft.dln.theory import implicit_bias_solution, k_finetune
+    from ptft.train.store import RunDir
+
+    torch.set_num_threads(1)
+    t0 = time.process_time()
+    d = app.compose("dln", job_overrides(p["cfg"], p["alpha"], dim, seeds, store)).dln
+    T = test_inputs(dim, int(d.n_test), inputs=d.inputs)
+    err = []
+    for s in range(seeds):
+        m = member_data(d, s)
+        b = implicit_bias_solution(m.X, m.y, k_finetune(m.beta_pt, d.c_pt, d.lam_pt, d.gamma))
+        err.append(float(np.mean((T @ (b - m.beta_star)) ** 2)))
+    err = np.array(err)
+    gd_over_ib = float("nan")
+    if dim in DIMS:
+        run = RunDir(Path(store), "dln", scientific(app.compose("dln", job_overrides(p["cfg"], p["alpha"], dim,
+                                                                                     DIMS[dim], store))))
+        if run.finished:
+            gd = np.array([m["test_mse"] for m in run.load_result()["members"]])
+            gd_over_ib = float(gd.mean() / err[:len(gd)].mean())
+    return {"point": p["point"], "kind": p["kind"], **{k: p["cfg"][k] for k in CONFIG_KEYS}, "alpha": p["alpha"],
+            "dim": dim, "seeds": seeds, "status": "ok", "sim_mean": float(err.mean()), "sim_ci95": ci95(err),
+            "theory": p["theory"], "gap": float(err.mean()) - p["theory"], "ratio": float(err.mean()) / p["theory"],
+            "gd_over_ib": gd_over_ib, "job_cpu_s": time.process_time() - t0, "job_points": 1}
+
+
+def simulate_ib(pts: list[dict], store: str, workers: int, dims: dict[int, int]) -> list[dict]:
+    rows, t0 = [], time.time()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+        futs = [ex.submit(ib_row, p, dim, seeds, store) for dim, seeds in dims.items() for p in pts]
+        for i, f in enumerate(as_completed(futs), 1):
+            r = f.result()
+            rows.append(r)
+            print(f"[{time.time() - t0:6.0f} s] {i}/{len(futs)} point {r['point']} D={r['dim']}: minimiser / theory "
+                  f"{r['ratio']:.3f} ({r['seeds']} seeds), GD / minimiser {r['gd_over_ib']:.3f}", flush=True)
+    return sorted(rows, key=lambda r: (r["point"], r["dim"]))
+
+
 def offset_by_support(agreement: Path) -> list[dict]:
     """The sign and size of sim / theory over ALL judged points of the six-panel figure (D = 1000), per FT
     support fraction rho_ft: is the simulation above the theory only at the disagreeing points, or
@@ -133,7 +193,7 @@ def _power(D, A, p):
     return A * D ** (-p)
 
 
-def fits(rows: list[dict]) -> list[dict]:
+def fits(rows: list[dict], what: str = "sim") -> list[dict]:
     """gap(D) = A D^-p per point, weighted by the standard error of each mean (ci95 / t); and a pooled
     fit of the relative gap sim / theory - 1 = A_k D^-p with one exponent p for all points."""
     out = []
@@ -159,7 +219,7 @@ def fits(rows: list[dict]) -> list[dict]:
     pts = sorted(by_point)
     for d in sorted({r["dim"] for r in rows}):  # the mean relative gap over the disagreeing points, per D
         dis = [r["ratio"] - 1 for r in rows if r["dim"] == d and r["kind"] == "disagree"]
-        out.append({"point": f"mean_D{d}", "kind": "mean of sim / theory - 1 over the disagreeing points",
+        out.append({"point": f"mean_D{d}", "kind": f"mean of {what} / theory - 1 over the disagreeing points",
                     "dim": d, "mean_rel_gap": float(np.mean(dis)), "n_points": len(dis)})
     rel = [(pts.index(r["point"]), r["dim"], r["ratio"] - 1,
             r["sim_ci95"] / stats.t.ppf(0.975, r["seeds"] - 1) / r["theory"]) for r in rows]
@@ -197,7 +257,7 @@ def write(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def figure(rows: list[dict], fit: list[dict], path: Path) -> None:
+def figure(rows: list[dict], fit: list[dict], path: Path, what: str = "sim") -> None:
     import matplotlib
     import matplotlib.ticker
 
@@ -220,10 +280,10 @@ def figure(rows: list[dict], fit: list[dict], path: Path) -> None:
         a2.errorbar(D * (1 + 0.02 * f["point"]), [r["ratio"] for r in rs], yerr=h / rs[0]["theory"], marker="o",
                     ms=3, ls=ls, capsize=2, color=line[0].get_color())
     pooled = next(f for f in fit if f["point"] == "pooled")
-    a1.set(xscale="log", yscale="log", xlabel="D", ylabel="|sim - theory| (95% CI of the sim mean)",
+    a1.set(xscale="log", yscale="log", xlabel="D", ylabel=f"|{what} - theory| (95% CI of the mean)",
            title="gap vs D (solid: disagreed at D = 1000; dotted: agreed, steep)")
     a2.axhline(1, color="k", lw=0.8)
-    a2.set(xscale="log", xlabel="D", ylabel="sim / theory",
+    a2.set(xscale="log", xlabel="D", ylabel=f"{what} / theory",
            title=f"pooled fit: relative gap ~ D^-p, p = {pooled['p']:.2f} ± {pooled['p_se']:.2f}")
     dims = sorted({r["dim"] for r in rows})
     for ax in (a1, a2):  # one labelled tick per simulated D, no crowded minor labels
@@ -241,17 +301,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--agreement", type=Path, default=Path("results/dln_agreement.csv"))
     ap.add_argument("--out", type=Path, default=Path("results"))
-    ap.add_argument("--dims", type=int, nargs="+", default=list(DIMS), help=f"a subset of {list(DIMS)}")
+    ap.add_argument("--ib", action="store_true",
+                    help="instead of gradient descent, the exact implicit-bias minimiser at D in "
+                         f"{list(IB_DIMS)} with {list(IB_DIMS.values())} seeds (what the replica predicts), "
+                         "and GD / minimiser on the GD runs' seeds (outputs dln_finite_size_ib*)")
+    ap.add_argument("--dims", type=int, nargs="+", default=None, help=f"a subset of {list(DIMS)}")
     ap.add_argument("--alphas", type=float, nargs="+", help="run only the points at these alphas")
     ap.add_argument("--points", type=int, nargs="+", help="run only these points (the `point` column)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the existing OUT/dln_finite_size.csv that this run does not redo "
                          "(e.g. add D = 4000 for a few points to a finished study), and fit all of them")
     a = ap.parse_args()
-    bad = sorted(set(a.dims) - set(DIMS))
+    grid = IB_DIMS if a.ib else DIMS
+    bad = sorted(set(a.dims or []) - set(grid))
     if bad:
-        ap.error(f"--dims {bad}: choose from {list(DIMS)} (each D has its seed count)")
-    dims = {d: DIMS[d] for d in sorted(a.dims)}
+        ap.error(f"--dims {bad}: choose from {list(grid)} (each D has its seed count)")
+    if a.workers < 1:
+        ap.error("--workers must be >= 1")
+    dims = {d: grid[d] for d in sorted(a.dims or grid)}
     pts = points(a.agreement)
     if a.alphas:
         want = {round(x, 6) for x in a.alphas}
@@ -266,26 +333,32 @@ def main() -> None:
             ap.error(f"--points {bad}: not among the points {[p['point'] for p in pts]}"
                      + (" at those --alphas" if a.alphas else ""))
         pts = [p for p in pts if p["point"] in a.points]
-    old = a.out / "dln_finite_size.csv"
+    name = "dln_finite_size_ib" if a.ib else "dln_finite_size"
+    old = a.out / f"{name}.csv"
     if a.merge and not old.exists():
         ap.error(f"--merge: {old} does not exist")
     print(f"{sum(p['kind'] == 'disagree' for p in pts)} disagreeing and "
           f"{sum(p['kind'] != 'disagree' for p in pts)} steep agreeing points", flush=True)
-    rows = simulate(pts, a.store, a.workers, dims)
+    rows = (simulate_ib if a.ib else simulate)(pts, a.store, a.workers, dims)
     if a.merge:
         done = {(r["point"], r["dim"]) for r in rows}
         kept = [r for r in _read(old) if (r["point"], r["dim"]) not in done]
         rows = sorted(rows + kept, key=lambda r: (r["point"], r["dim"]))
         dims = dict.fromkeys(sorted({r["dim"] for r in rows}))
     a.out.mkdir(parents=True, exist_ok=True)
-    write(rows, a.out / "dln_finite_size.csv")
-    cost = {d: sum(max(r["job_cpu_s"] for r in rows if (r["dim"], r["alpha"]) == g)
-                   for g in {(r["dim"], r["alpha"]) for r in rows if r["dim"] == d}) for d in dims}
+    write(rows, a.out / f"{name}.csv")
+    if a.ib:  # one task per (point, D)
+        cost = {d: sum(r["job_cpu_s"] for r in rows if r["dim"] == d) for d in dims}
+    else:  # one job per (D, alpha), shared by its points
+        cost = {d: sum(max(r["job_cpu_s"] for r in rows if (r["dim"], r["alpha"]) == g)
+                       for g in {(r["dim"], r["alpha"]) for r in rows if r["dim"] == d}) for d in dims}
     print("CPU s per D: " + ", ".join(f"D={d}: {c:.0f}" for d, c in cost.items()))
-    fit = fits(rows)
-    write(fit, a.out / "dln_finite_size_fit.csv")
-    figure(rows, fit, a.out / "dln_finite_size.png")
-    write(offset_by_support(a.agreement), a.out / "dln_sim_theory_offset.csv")
+    what = "minimiser" if a.ib else "sim"
+    fit = fits(rows, what)
+    write(fit, a.out / f"{name}_fit.csv")
+    figure(rows, fit, a.out / f"{name}.png", what)
+    if not a.ib:
+        write(offset_by_support(a.agreement), a.out / "dln_sim_theory_offset.csv")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ def test_offset_by_support_counts_and_averages_per_rho(tmp_path):
                                           (["--alphas", "0.2"], "--alphas [0.2]"),
                                           (["--points", "12"], "--points [12]"),
                                           (["--alphas", "0.059", "--points", "0"], "at those --alphas"),
-                                          (["--merge", "--out", "{tmp}/none"], "does not exist")])
+                                          (["--merge", "--out", "{tmp}/none"], "does not exist"),
+                                          (["--ib", "--dims", "8000"], "--dims [8000]"),
+                                          (["--ib", "--merge", "--out", "{tmp}/none"], "dln_finite_size_ib.csv does not"),
+                                          (["--workers", "0"], "--workers must be")])
 def test_bad_selections_are_refused_before_any_job(tmp_path, capsys, monkeypatch, args, needle):
     monkeypatch.setattr(sys, "argv", ["dln_finite_size.py", "--store", str(tmp_path / "store"),
                                       *[a.replace("{tmp}", str(tmp_path)) for a in args]])
@@ -80,3 +83,21 @@ def test_bad_selections_are_refused_before_any_job(tmp_path, capsys, monkeypatch
         fs.main()
     assert e.value.code == 2 and needle in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_gd_lands_near_the_implicit_bias_minimiser_that_ib_row_reports(tmp_path, monkeypatch):
+    """--ib: the minimiser's test error for the seeds of a finished GD run of the same point, and GD / minimiser
+    on those seeds; GD (panel protocol: lr 0.5, stop at train MSE 1e-4) converges to the minimiser
+    (Theorem 4.1) up to its stopping point, so the ratio is near 1."""
+    from ptft.analysis.dln_sims import _run_group
+
+    p = next(q for q in fs.points(REPO / "results" / "dln_agreement.csv") if q["point"] == 6)
+    monkeypatch.setattr(fs, "DIMS", {60: 2})
+    store = str(tmp_path / "store")
+    row = fs.ib_row(p, 60, 4, store)
+    assert row["seeds"] == 4 and np.isnan(row["gd_over_ib"])  # no GD run yet
+    _run_group(fs.group_overrides([p["cfg"]], p["alpha"], 60, 2, store))
+    row = fs.ib_row(p, 60, 4, store)
+    print("GD / minimiser at D = 60:", row["gd_over_ib"])
+    assert 0.8 < row["gd_over_ib"] < 1.25
+    assert row["ratio"] == row["sim_mean"] / p["theory"] and row["sim_ci95"] > 0
