@@ -92,7 +92,7 @@ def points(agreement: Path) -> list[dict]:
     return out
 
 
-def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) -> list[dict]:
+def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int], extra: list[str] = ()) -> list[dict]:
     groups: dict[tuple[int, float], list[dict]] = {}
     for p in pts:
         for dim in dims:
@@ -102,7 +102,7 @@ def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) ->
     t0 = time.time()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init) as ex:
         futs = {ex.submit(_timed_group, group_overrides([p["cfg"] for p in groups[g]], g[1], g[0], dims[g[0]],
-                                                        store)): g for g in order}
+                                                        store) + list(extra)): g for g in order}
         for i, f in enumerate(as_completed(futs), 1):
             (dim, alpha), (results, cpu) = futs[f], f.result()
             for p, res in zip(groups[(dim, alpha)], results):
@@ -120,12 +120,13 @@ def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int]) ->
     return sorted(rows, key=lambda r: (r["point"], r["dim"]))
 
 
-def ib_row(p: dict, dim: int, seeds: int, store: str) -> dict:
+def ib_row(p: dict, dim: int, seeds: int, store: str, extra: list[str] = ()) -> dict:
     """The point at D = dim without gradient descent: the test error of the exact implicit-bias minimiser
     (argmin sum_i q_k(beta_i) s.t. X beta = y, PAPER.md section 3; ptft.dln.theory.implicit_bias_solution),
     the quantity the replica theory predicts, for seeds 0 .. seeds - 1 on the GD members' data, teachers
-    and test inputs. `gd_over_ib`: the GD mean over the seeds of the GD run in `store` (if it finished)
-    divided by the minimiser's mean over the same seeds, i.e. what the simulation protocol adds."""
+    and test inputs. `gd_over_ib`: the GD mean over the seeds of the GD run in `store` (if it finished;
+    `extra`: the overrides it ran with) divided by the minimiser's mean over the same seeds, i.e. what the
+    simulation protocol adds."""
     import torch
 
     import ptft.dln.main  # noqa: F401  (registers the dln config schema)
@@ -147,8 +148,8 @@ def ib_row(p: dict, dim: int, seeds: int, store: str) -> dict:
     err = np.array(err)
     gd_over_ib = float("nan")
     if dim in DIMS:
-        run = RunDir(Path(store), "dln", scientific(app.compose("dln", job_overrides(p["cfg"], p["alpha"], dim,
-                                                                                     DIMS[dim], store))))
+        gd_job = job_overrides(p["cfg"], p["alpha"], dim, DIMS[dim], store) + list(extra)
+        run = RunDir(Path(store), "dln", scientific(app.compose("dln", gd_job)))
         if run.finished:
             gd = np.array([m["test_mse"] for m in run.load_result()["members"]])
             gd_over_ib = float(gd.mean() / err[:len(gd)].mean())
@@ -158,10 +159,10 @@ def ib_row(p: dict, dim: int, seeds: int, store: str) -> dict:
             "gd_over_ib": gd_over_ib, "job_cpu_s": time.process_time() - t0, "job_points": 1}
 
 
-def simulate_ib(pts: list[dict], store: str, workers: int, dims: dict[int, int]) -> list[dict]:
+def simulate_ib(pts: list[dict], store: str, workers: int, dims: dict[int, int], extra: list[str] = ()) -> list[dict]:
     rows, t0 = [], time.time()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-        futs = [ex.submit(ib_row, p, dim, seeds, store) for dim, seeds in dims.items() for p in pts]
+        futs = [ex.submit(ib_row, p, dim, seeds, store, extra) for dim, seeds in dims.items() for p in pts]
         for i, f in enumerate(as_completed(futs), 1):
             r = f.result()
             rows.append(r)
@@ -308,6 +309,9 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=None, help=f"a subset of {list(DIMS)}")
     ap.add_argument("--alphas", type=float, nargs="+", help="run only the points at these alphas")
     ap.add_argument("--points", type=int, nargs="+", help="run only these points (the `point` column)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="GD's stopping train MSE instead of the panels' 1e-4 (train.threshold; with --ib: of the "
+                         "GD runs to compare with); use its own --out")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the existing OUT/dln_finite_size.csv that this run does not redo "
                          "(e.g. add D = 4000 for a few points to a finished study), and fit all of them")
@@ -318,6 +322,9 @@ def main() -> None:
         ap.error(f"--dims {bad}: choose from {list(grid)} (each D has its seed count)")
     if a.workers < 1:
         ap.error("--workers must be >= 1")
+    if a.threshold is not None and not 0 < a.threshold < 1:
+        ap.error(f"--threshold must be in (0, 1), got {a.threshold}")
+    extra = [] if a.threshold is None else [f"train.threshold={a.threshold!r}"]
     dims = {d: grid[d] for d in sorted(a.dims or grid)}
     pts = points(a.agreement)
     if a.alphas:
@@ -339,7 +346,7 @@ def main() -> None:
         ap.error(f"--merge: {old} does not exist")
     print(f"{sum(p['kind'] == 'disagree' for p in pts)} disagreeing and "
           f"{sum(p['kind'] != 'disagree' for p in pts)} steep agreeing points", flush=True)
-    rows = (simulate_ib if a.ib else simulate)(pts, a.store, a.workers, dims)
+    rows = (simulate_ib if a.ib else simulate)(pts, a.store, a.workers, dims, extra)
     if a.merge:
         done = {(r["point"], r["dim"]) for r in rows}
         kept = [r for r in _read(old) if (r["point"], r["dim"]) not in done]
@@ -354,9 +361,12 @@ def main() -> None:
                        for g in {(r["dim"], r["alpha"]) for r in rows if r["dim"] == d}) for d in dims}
     print("CPU s per D: " + ", ".join(f"D={d}: {c:.0f}" for d, c in cost.items()))
     what = "minimiser" if a.ib else "sim"
-    fit = fits(rows, what)
-    write(fit, a.out / f"{name}_fit.csv")
-    figure(rows, fit, a.out / f"{name}.png", what)
+    if len({r["dim"] for r in rows}) < 2:
+        print("one D only: no fit of the decay and no figure")
+    else:
+        fit = fits(rows, what)
+        write(fit, a.out / f"{name}_fit.csv")
+        figure(rows, fit, a.out / f"{name}.png", what)
     if not a.ib:
         write(offset_by_support(a.agreement), a.out / "dln_sim_theory_offset.csv")
 

@@ -75,7 +75,8 @@ def test_offset_by_support_counts_and_averages_per_rho(tmp_path):
                                           (["--merge", "--out", "{tmp}/none"], "does not exist"),
                                           (["--ib", "--dims", "8000"], "--dims [8000]"),
                                           (["--ib", "--merge", "--out", "{tmp}/none"], "dln_finite_size_ib.csv does not"),
-                                          (["--workers", "0"], "--workers must be")])
+                                          (["--workers", "0"], "--workers must be"),
+                                          (["--threshold", "0"], "--threshold must be")])
 def test_bad_selections_are_refused_before_any_job(tmp_path, capsys, monkeypatch, args, needle):
     monkeypatch.setattr(sys, "argv", ["dln_finite_size.py", "--store", str(tmp_path / "store"),
                                       *[a.replace("{tmp}", str(tmp_path)) for a in args]])
