@@ -367,7 +367,7 @@ def main() -> None:
         fit = fits(rows, what)
         write(fit, a.out / f"{name}_fit.csv")
         figure(rows, fit, a.out / f"{name}.png", what)
-    if not a.ib:
+    if not a.ib and a.threshold is None:  # the six panels' offset (their protocol), not this run's
         write(offset_by_support(a.agreement), a.out / "dln_sim_theory_offset.csv")
 
 
