@@ -75,6 +75,24 @@ def sample_dln_sims(res: Result, committed: Path, work: Path, n: int = 2) -> lis
     return out
 
 
+def sample_dln_ib(res: Result, committed: Path, work: Path, n: int = 2) -> list[tuple[dict, dict]]:
+    """Rerun the implicit-bias minimiser of n rows of the finite-size study (the first points at the smallest
+    D) exactly as `scripts/dln_finite_size.py --ib` computes them; return committed -> rerun rows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dln_finite_size", REPO / "scripts" / "dln_finite_size.py")
+    fs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fs)
+    rows = read_csv(committed)[1]
+    dmin = min(int(r["dim"]) for r in rows)
+    pts = {p["point"]: p for p in fs.points(REPO / "results" / "dln_agreement.csv")}
+    out = []
+    for r in [r for r in rows if int(r["dim"]) == dmin][:n]:
+        got = fs.ib_row(pts[int(r["point"])], dmin, int(r["seeds"]), str(work / "runs"))
+        out.append((r, {**r, **{k: repr(v) if isinstance(v, float) else str(v) for k, v in got.items()}}))
+    return out
+
+
 # Theory (quadrature + Newton solves to 1e-6 relative) and float64 GD on DLNs: numbers agree to rounding across
 # numpy / torch builds, so rtol = 1e-6 (the solver's tolerance); a Newton solve's leftover residual changes with
 # rounding (up to 90% of itself, always below the tolerance) and is not compared; `converged` is, exactly.
@@ -98,6 +116,10 @@ RESULTS = [
            rtol=1e-6, sample=sample_dln_sims,
            why="sample: 2 of its 308 jobs rerun (the cheapest, and the one at a third of the jobs by steps_max); "
                "rtol 1e-6 (float64 GD)"),
+    Result("dln_finite_size_ib.csv", keys=("point", "dim"), rtol=1e-6, ignore=("gd_over_ib", "job_cpu_s"),
+           sample=sample_dln_ib,
+           why="sample: 2 of its 60 (point, D) rows rerun (the minimiser at the smallest D); rtol 1e-6 (Newton to "
+               "1e-10); gd_over_ib (needs the GD store) and job_cpu_s not compared"),
 ]
 
 
