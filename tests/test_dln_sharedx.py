@@ -106,6 +106,10 @@ def test_block_stepping_is_bit_identical_to_lockstep_and_reports_every_log_step(
     for block, ts in zip((1, 5, 64), seen):
         assert ts == sorted(set(ts)) and np.diff([0] + ts).max() <= block
         assert set(range(100, ts[-1] + 1, 100)) <= set(ts)
+    ts = []  # an X larger than the cache (here: any X) gains nothing from blocks: on_step every iteration
+    SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=300, block=64, fused_min_bytes=0).run(
+        lambda e: ts.append(e.t))
+    assert ts == list(range(1, len(ts) + 1))
     with pytest.raises(ValueError, match="block"):
         SharedXEngine(X, members, lr=0.5, threshold=1e-4, max_steps=10, block=0)
 

@@ -214,17 +214,20 @@ class SharedXEngine:
         (logging, checkpoints: call `snapshot()` there). Block ends fall on every multiple of `every`
         (e.g. the log interval), if given.
 
-        On CPU the groups are independent, so each is stepped through a block of `block` iterations
-        before the next one: its X stays in cache for the block instead of all the groups' inputs being
-        streamed from memory every iteration (measured: ~2x per step for 5 groups of 4 MB at D = 1000,
-        scripts/bench_dln.py). The order does not change any member's arithmetic: results are the same
+        On CPU the groups are independent, so when every group's X fits in the cache (below fused_min_bytes)
+        each is stepped through a block of `block` iterations before the next one: its X stays in cache for
+        the block instead of all the groups' inputs being streamed from memory every iteration (measured:
+        ~2x per step for 5 groups of 4 MB at D = 1000, scripts/bench_dln.py). The order does not change any member's arithmetic: results are the same
         bits as stepping all groups in lockstep. On a device the groups run in lockstep (block 1)."""
         if every is not None and every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        block = self.block if self.host_check else 1
+        fb, fk, fr = self.fused
+        # blocks pay only when a group's X fits in the cache (fused_min_bytes, as for the fused pass); with
+        # larger X they would only delay on_step (signals, checkpoints) by block x (number of groups) steps
+        small = all(g.X.numel() * g.X.element_size() < fb for g in self.groups)
+        block = self.block if self.host_check and small else 1
         next_cap = (min(self.max_steps - int(g.start.max()) for g in self.groups) if self.groups else 0) \
             if self.max_steps is not None else None
-        fb, fk, fr = self.fused
         while self.groups:
             if next_cap is not None and self.t >= next_cap:
                 self._budget_out()
