@@ -284,6 +284,25 @@ def _enospc_on(monkeypatch, prefix: str) -> None:
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+def test_checkpoint_pt_exists_at_every_moment_of_a_rewrite(tmp_path, monkeypatch):
+    """A kill at any point of a checkpoint rewrite leaves checkpoint.pt (the old or the new one): the old one
+    becomes checkpoint.prev.pt through a hard link, not a rename that would leave a moment without it."""
+    ck = tmp_path / "checkpoint.pt"
+    store.write_checkpoint(ck, {"v": torch.tensor(1)})
+    seen, real = [], os.replace
+
+    def spy(src, dst):
+        seen.append(ck.exists())
+        real(src, dst)
+        seen.append(ck.exists())
+
+    monkeypatch.setattr(os, "replace", spy)
+    store.write_checkpoint(ck, {"v": torch.tensor(2)})
+    assert seen and all(seen)
+    assert int(read_checkpoint(ck)["v"]) == 2 and int(read_checkpoint(store.previous_checkpoint(ck))["v"]) == 1
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.pt", "checkpoint.prev.pt"}
+
+
 def test_enospc_on_a_checkpoint_keeps_the_previous_one_and_leaves_no_temp_file(tmp_path, monkeypatch):
     ck = tmp_path / "checkpoint.pt"
     _two_checkpoints(ck)

@@ -146,6 +146,20 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
+def _keep_previous(path: Path) -> None:
+    """Make the current checkpoint also checkpoint.prev.pt without a moment in which checkpoint.pt is
+    missing (a hard link, then a rename over the old previous one); a rename where links are unsupported."""
+    prev = previous_checkpoint(path)
+    link = prev.with_name(f".{prev.name}.link.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+    except OSError:
+        os.replace(path, prev)
+        return
+    os.replace(link, prev)
+
+
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write `state` (tensors, plain containers) with its own sha256; the checkpoint it replaces is
     kept as checkpoint.prev.pt, so a damaged newest one still leaves one to resume from."""
@@ -161,7 +175,7 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = _write_temp(path, outer.getvalue())
     try:
         if path.exists():
-            os.replace(path, previous_checkpoint(path))
+            _keep_previous(path)
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
