@@ -1,4 +1,4 @@
-"""Time every theory curve of the DLN figures (PAPER.md section 7) at paper numerics.
+"""Time every theory curve of the DLN figures (docs/paper.md section 7) at paper numerics.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_theory.py [--n-alpha 80] [--mc-points 3]
 

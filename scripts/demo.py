@@ -2,9 +2,9 @@
 
 1. A real Hydra multirun of `ptft-dln` (local launcher, wandb offline, run store under runs/):
    fine-tuning a DLN after exact pretraining, for three relative scales lam in {-0.99, 0, 0.99}
-   (PAPER.md regimes IV, II and near-lazy) at five sample ratios, 3 seeds batched per job.
+   (docs/paper.md regimes IV, II and near-lazy) at five sample ratios, 3 seeds batched per job.
 2. `ptft-aggregate` over the sweep -> results/demo_dln.csv.
-3. The replica theory (PAPER.md section 5) for the same settings, and results/demo_dln.png:
+3. The replica theory (docs/paper.md section 5) for the same settings, and results/demo_dln.png:
    simulated mean +- 95% CI against theory. Rerunning skips every finished simulation.
 """
 from __future__ import annotations

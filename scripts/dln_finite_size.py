@@ -1,4 +1,4 @@
-"""Finite-size scaling of the gap between DLN simulation and the replica theory (PAPER.md section 5).
+"""Finite-size scaling of the gap between DLN simulation and the replica theory (docs/paper.md section 5).
 
     python scripts/dln_finite_size.py --store runs/dln_finite_size --workers 2
 
@@ -122,7 +122,7 @@ def simulate(pts: list[dict], store: str, workers: int, dims: dict[int, int], ex
 
 def ib_row(p: dict, dim: int, seeds: int, store: str, extra: list[str] = ()) -> dict:
     """The point at D = dim without gradient descent: the test error of the exact implicit-bias minimiser
-    (argmin sum_i q_k(beta_i) s.t. X beta = y, PAPER.md section 3; ptft.dln.theory.implicit_bias_solution),
+    (argmin sum_i q_k(beta_i) s.t. X beta = y, docs/paper.md section 3; ptft.dln.theory.implicit_bias_solution),
     the quantity the replica theory predicts, for seeds 0 .. seeds - 1 on the GD members' data, teachers
     and test inputs. `gd_over_ib`: the GD mean over the seeds of the GD run in `store` (if it finished;
     `extra`: the overrides it ran with) divided by the minimiser's mean over the same seeds, i.e. what the

@@ -1,4 +1,4 @@
-"""Lippl & Lindsey's DLN weight-rescaling experiment (PAPER.md section 7; preset ll_dln_rescale).
+"""Lippl & Lindsey's DLN weight-rescaling experiment (docs/paper.md section 7; preset ll_dln_rescale).
 
     python scripts/study_ll_dln.py --store runs/ll_dln --workers 2      # every job, then CSV + figure
     (rerunning it skips every finished job: it then only rewrites the CSVs and the figure)

@@ -28,7 +28,7 @@ def test_rank_orders_by_replica_prediction():
     for r in rows[:3] + rows[-2:]:
         ref = generalization_error([0.2], rho_pt=0.1, rho_ft=0.1, omega=1.0, c_pt=r.c, lam_pt=r.lam, gamma=r.gamma)
         assert r.error == pytest.approx(ref.error[0], rel=1e-9)
-    # the regime column names the corners as in PAPER.md section 6
+    # the regime column names the corners as in docs/paper.md section 6
     by_init = {(r.c, r.lam, r.gamma): r.regime for r in rows}
     assert {name: by_init[v] for name, v in REGIME_CORNERS.items()} == {n: n for n in REGIME_CORNERS}
     # a sparse FT task on new features: a rich, PT-independent init beats the lazy l2 corner

@@ -99,7 +99,7 @@ def test_regimes_command(tmp_path):
     assert cols == F.REGIMES_COLUMNS and len(rows) == len(GROUND_TRUTHS) * len(REGIMES) * 5
     assert {r["regime"] for r in rows} == set(REGIMES) and all(float(r["c_pt"]) == 1e-3 for r in rows)
     assert (tmp_path / "dln_regimes.png").stat().st_size > 10_000
-    # PAPER.md section 6: regime III (l2) is the worst on a sparse ground truth at the largest alpha
+    # docs/paper.md section 6: regime III (l2) is the worst on a sparse ground truth at the largest alpha
     last = [r for r in rows if float(r["alpha"]) == 0.5 and r["ground_truth"] == "omega=1, rho_ft=0.01"]
     worst = max(last, key=lambda r: float(r["error"]))
     assert worst["regime"].startswith("III")
@@ -191,7 +191,7 @@ def test_bad_input_fails_clearly(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_replica_matches_simulation_d1000(tmp_path):
-    """PAPER.md Prop. 4.2 vs gradient descent at D = 1000, 5 seeds: one curve of each of panels (a), (c), (f),
+    """docs/paper.md Prop. 4.2 vs gradient descent at D = 1000, 5 seeds: one curve of each of panels (a), (c), (f),
     two alphas each where the error is > 1e-2; the simulated mean is within its 95% CI of the theory or 10%."""
     cases = [({"c_pt": 1.0, "omega": 0.0}, [0.108, 0.206]),                 # (a) lazy, new features
              ({"lam_pt": 0.0, "omega": 0.5}, [0.108, 0.157]),               # (c) half PT features

@@ -1,4 +1,4 @@
-"""Lippl & Lindsey's DLN variant (PAPER.md section 7): teachers, inputs, the rescaling re-initialisation,
+"""Lippl & Lindsey's DLN variant (docs/paper.md section 7): teachers, inputs, the rescaling re-initialisation,
 the shared PT store, and the divergence policy (restart with lr / 10) of the trainer."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""DLN initialisations and gradient descent against PAPER.md sections 1-2 (closed forms)."""
+"""DLN initialisations and gradient descent against docs/paper.md sections 1-2 (closed forms)."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Gradient descent through the real trainer converges to the implicit-bias solution of PAPER.md
+"""Gradient descent through the real trainer converges to the implicit-bias solution of docs/paper.md
 section 3 (Theorem 4.1) in each of the four regimes, and STL does not depend on lambda."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from ptft.dln.task import DLNTask, member_data, start_state
 from ptft.dln.theory import implicit_bias_solution, k_finetune
 from ptft.train.trainer import TrainConfig, Trainer
 
-REGIMES = {  # PAPER.md section 6, at c = 1e-3
+REGIMES = {  # docs/paper.md section 6, at c = 1e-3
     "II lazy, PT-dependent": (0.0, 0.0),
     "IV rich, PT-dependent": (-0.99, 0.0),
     "I rich, PT-independent": (-0.999999, 1e-6),

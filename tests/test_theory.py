@@ -11,7 +11,7 @@ from ptft.dln.theory import (ConvergenceError, finetune_init, implicit_bias_solu
 
 
 def q_formula(z, k):
-    """PAPER.md section 3, written literally (fine where it does not cancel)."""
+    """docs/paper.md section 3, written literally (fine where it does not cancel)."""
     s = np.sqrt(k)
     return (s / 4) * (1 - np.sqrt(1 + 4 * z**2 / k) + (2 * z / s) * np.arcsinh(2 * z / s))
 

@@ -1,7 +1,7 @@
 """Per-stage diagnostics of one fine-tuning run: how far each stage moved (lazy vs rich) and how much
 each stage's representation changed (PT-dependence), plus Lippl & Lindsey's participation ratio.
 
-Pure torch (no Hydra). How to read the numbers against PAPER.md section 6: docs/diagnostics.md.
+Pure torch (no Hydra). How to read the numbers against docs/paper.md section 6: docs/diagnostics.md.
 
 A *stage spec* maps a stage name to the module names that make it up, in forward order, e.g.
 :data:`RESNET18_STAGES`. A parameter belongs to a stage when its name is one of the stage's module

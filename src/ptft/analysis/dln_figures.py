@@ -1,4 +1,4 @@
-"""The DLN figures and tables of PAPER.md sections 6-7: regime map, replica theory, theory vs simulation.
+"""The DLN figures and tables of docs/paper.md sections 6-7: regime map, replica theory, theory vs simulation.
 
     python -m ptft.analysis.dln_figures regime-map            # results/regime_map.{png,csv}
     python -m ptft.analysis.dln_figures theory                # results/dln_theory.csv
@@ -330,7 +330,7 @@ def agreement(sim: dict, th: float, th_res: float, th_conv: bool, panel: str) ->
 def panels(out_dir: Path, sims_csv: Path | None, scale: str = "cpu", store: Path | None = None,
            alphas: Sequence[float] = THEORY_ALPHAS, panel_spec: dict | None = None,
            **replica_kw: Any) -> dict[str, Any]:
-    """The six-panel theory-vs-simulation figure of PAPER.md section 7, its points CSV and the agreement table.
+    """The six-panel theory-vs-simulation figure of docs/paper.md section 7, its points CSV and the agreement table.
 
     Simulations: rows of `sims_csv` at the scale's D and seed count, completed (if `store` is given) by the
     finished jobs of that run store. Missing or incomplete simulations are reported and what exists is plotted.
@@ -550,7 +550,7 @@ def regimes(out_dir: Path, alphas: Sequence[float] = THEORY_ALPHAS, c: float = 1
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m ptft.analysis.dln_figures",
-                                 description="DLN figures and tables (PAPER.md sections 6-7).")
+                                 description="DLN figures and tables (docs/paper.md sections 6-7).")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, replica: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""Simulations behind the theory-vs-simulation figure (PAPER.md section 7), through `ptft-dln` jobs.
+"""Simulations behind the theory-vs-simulation figure (docs/paper.md section 7), through `ptft-dln` jobs.
 
     python -m ptft.analysis.dln_sims --scale cpu --workers 2     # D = 1000, 5 seeds (this machine)
     python -m ptft.analysis.dln_sims --scale paper --workers 32  # D = 5000, 14 seeds (GPU or cluster)

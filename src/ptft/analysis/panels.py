@@ -1,4 +1,4 @@
-"""The DLN figures of PAPER.md section 7 as data: which configurations each panel compares.
+"""The DLN figures of docs/paper.md section 7 as data: which configurations each panel compares.
 
 Every curve is a dict of `dln.*` values (the rest at the paper's settings: rho_pt = 0.1, a_pt = 1,
 c = 1e-3, lam = gamma = 0, rho_ft = 0.1). Both the simulation driver and the plots read these.

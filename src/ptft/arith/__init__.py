@@ -1,1 +1,1 @@
-"""Modular arithmetic with a one-layer Transformer (the paper's v2; PAPER.md section 9)."""
+"""Modular arithmetic with a one-layer Transformer (the paper's v2; docs/paper.md section 9)."""

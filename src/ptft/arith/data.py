@@ -1,4 +1,4 @@
-"""Modular-arithmetic tasks `(a op b) mod p` as a :class:`~ptft.pipeline.track.TaskData` (PAPER.md section 9).
+"""Modular-arithmetic tasks `(a op b) mod p` as a :class:`~ptft.pipeline.track.TaskData` (docs/paper.md section 9).
 
 Inputs are the three tokens ``[a, op, b]``: a and b are residues 0..p-1, the op token is ``p + OPS.index(op)``
 (a fixed vocabulary of p + len(OPS) tokens, so a model pretrained on one op can be fine-tuned on another);

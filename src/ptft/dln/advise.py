@@ -7,7 +7,7 @@ ranks fine-tuning initialisations (c, lam, gamma) by the replica prediction of t
 error (`ptft.dln.replica.generalization_error`) at the given sample ratio alpha = n / D, and prints a
 table (rank, c, lam, gamma, regime, predicted error, residual) and the best choice. The default grid
 is c in {1e-6, 1e-3, 1} x lam in {-0.99, 0, 0.99} x gamma in {0, 1, 10} plus the four regime corners
-of PAPER.md section 6/7 (c = 1e-3: I = (-0.999999, 1e-6), II = (0, 0), III = (0, 10), IV = (-0.99, 0)).
+of docs/paper.md section 6/7 (c = 1e-3: I = (-0.999999, 1e-6), II = (0, 0), III = (0, 10), IV = (-0.99, 0)).
 The regime column is `regime_of(l_order, PD)` at |beta_PT| = a_pt and |beta_FT| = 1/sqrt(rho_ft) (the
 RMS value of the FT teacher). Unconverged predictions are flagged with '!' and ranked last.
 Bad input (infeasible teacher, alpha <= 0, malformed candidate) prints one message and exits with 2.
@@ -124,7 +124,7 @@ def _write_csv(path: str, rows: list[Row]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="ptft-theory", description="DLN fine-tuning theory (PAPER.md sections 3-6).")
+    p = ArgumentParser(prog="ptft-theory", description="DLN fine-tuning theory (docs/paper.md sections 3-6).")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("advise", help="rank initialisations (c, lam, gamma) by predicted FT error",
                        description="Rank FT initialisations by the replica-predicted generalisation error at alpha.")

@@ -1,4 +1,4 @@
-"""`ptft-dln`: simulate DLN fine-tuning (or STL) by gradient descent, PAPER.md sections 1, 2, 4, 7.
+"""`ptft-dln`: simulate DLN fine-tuning (or STL) by gradient descent, docs/paper.md sections 1, 2, 4, 7.
 
     ptft-dln                                   # defaults: one seed, CPU, wandb offline
     ptft-dln -m dln.lam_pt=-0.99,0,0.99 dln.omega=0,1

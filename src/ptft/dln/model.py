@@ -1,4 +1,4 @@
-"""Diagonal linear network state and its closed-form initialisations (PAPER.md sections 1-2).
+"""Diagonal linear network state and its closed-form initialisations (docs/paper.md sections 1-2).
 
 Pure numpy functions of arrays, usable without torch or Hydra. A state holds the four factors
 per coordinate: beta = vp * wp - vm * wm (w = first layer, v = readout, p/m = the +/- pathway).
@@ -31,7 +31,7 @@ def invariants(s: DLNState) -> tuple[np.ndarray, np.ndarray]:
 
 
 def init_state(c, lam_norm, shape=()) -> DLNState:
-    """Initial state with invariants (c, lambda = lam_norm * c) and beta = 0 (PAPER.md sec. 1)."""
+    """Initial state with invariants (c, lambda = lam_norm * c) and beta = 0 (docs/paper.md sec. 1)."""
     c = np.broadcast_to(np.asarray(c, dtype=np.float64), shape) if shape else np.asarray(c, np.float64)
     lam = np.asarray(lam_norm, dtype=np.float64) * c
     w = np.sqrt((c + lam) / 2.0)
@@ -41,7 +41,7 @@ def init_state(c, lam_norm, shape=()) -> DLNState:
 
 
 def pt_end_state(beta_pt, c, lam) -> DLNState:
-    """The unique state with beta = beta_pt and invariants (c, lam = lam_norm * c) (PAPER.md sec. 2).
+    """The unique state with beta = beta_pt and invariants (c, lam = lam_norm * c) (docs/paper.md sec. 2).
 
     `lam` is normalised (in [-1, 1]); `c` > 0. Broadcasts over arrays.
     """
@@ -89,7 +89,7 @@ def finetune_rescale(state: DLNState, s, readout) -> DLNState:
 def c_finetune(beta_pt, c, lam) -> np.ndarray:
     """c_FT per coordinate, without the readout term: (c + lambda)(1 + sqrt(1 + (b/c)^2)).
 
-    Add gamma^2 / 2 for the full c_FT of PAPER.md section 2.
+    Add gamma^2 / 2 for the full c_FT of docs/paper.md section 2.
     """
     b = np.asarray(beta_pt, dtype=np.float64)
     c = np.asarray(c, dtype=np.float64)

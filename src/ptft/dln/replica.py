@@ -1,4 +1,4 @@
-"""Exact asymptotic generalisation error of fine-tuning and of learning from scratch (PAPER.md section 5).
+"""Exact asymptotic generalisation error of fine-tuning and of learning from scratch (docs/paper.md section 5).
 
 Pure numpy. As D, n -> inf with alpha = n / D fixed, the minimum-penalty interpolator of section 3
 decouples into a scalar channel: for a coordinate with teacher value X and V ~ N(0, 1),
@@ -87,7 +87,7 @@ class ReplicaResult:
 
 def channel_groups(*, rho_pt: float, rho_ft: float, omega: float, c_pt: float, lam_pt: float, gamma: float,
                    a_pt: float = 1.0) -> list[Group]:
-    """The four groups of the FT scalar channel with nonzero probability (PAPER.md sections 4-5)."""
+    """The four groups of the FT scalar channel with nonzero probability (docs/paper.md sections 4-5)."""
     check_feasible(rho_pt, rho_ft, omega)
     _check_init(c_pt, lam_pt, gamma)
     shared = omega * rho_ft
@@ -313,7 +313,7 @@ def generalization_error(alphas, *, rho_pt: float, rho_ft: float, omega: float, 
                          damping: float = 0.25, tol: float = 1e-6, max_iter: int = 1000, n_quad: int = 400,
                          method: str = "quad", n_mc: int = 80_000, seed: int = 0,
                          solver: str = "newton") -> ReplicaResult:
-    """Asymptotic FT generalisation error E[(X - X_hat)^2] at each alpha (PAPER.md section 5).
+    """Asymptotic FT generalisation error E[(X - X_hat)^2] at each alpha (docs/paper.md section 5).
 
     PT from the (c_pt, lam_pt) init (lam normalised) converged to the PT teacher (value a_pt on a
     fraction rho_pt of coordinates); FT from readout scale gamma on a teacher with FT support rho_ft,

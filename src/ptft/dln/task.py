@@ -40,7 +40,7 @@ def ft_inputs(d: Any, seed: int) -> np.ndarray:
 
 
 def teachers(d: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(beta_PT, beta_FT) of a member: PAPER.md section 4 (teacher=paper) or LL's (teacher=ll)."""
+    """(beta_PT, beta_FT) of a member: docs/paper.md section 4 (teacher=paper) or LL's (teacher=ll)."""
     rng = member_rng(seed, _TEACHER)
     if d.teacher == "ll":
         return make_ll_teachers(d.dim, d.k_pt, d.k_ft, d.overlap, rng)
@@ -48,7 +48,7 @@ def teachers(d: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def member_data(d: Any, seed: int, X: np.ndarray | None = None) -> MemberData:
-    """Teachers and FT training data of one member, per PAPER.md section 4 (`X`: ft_inputs(d, seed),
+    """Teachers and FT training data of one member, per docs/paper.md section 4 (`X`: ft_inputs(d, seed),
     if already drawn)."""
     beta_pt, beta_star = teachers(d, seed)
     n = n_ft(d)

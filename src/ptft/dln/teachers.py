@@ -1,4 +1,4 @@
-"""Teacher-student data of PAPER.md section 4."""
+"""Teacher-student data of docs/paper.md section 4."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,7 +44,7 @@ def make_teachers(dim: int, rho_pt: float, rho_ft: float, omega: float, a_pt: fl
 
 def make_ll_teachers(dim: int, k_pt: int, k_ft: int, overlap: int, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Lippl & Lindsey's teachers (PAPER.md section 7): PT support of k_pt coordinates with values
+    """Lippl & Lindsey's teachers (docs/paper.md section 7): PT support of k_pt coordinates with values
     +-1/sqrt(k_pt) (random signs); FT support of k_ft coordinates with values +-1/sqrt(k_ft), `overlap`
     of them drawn from the PT support with the PT coordinate's sign, the rest from outside it."""
     perm = rng.permutation(dim)

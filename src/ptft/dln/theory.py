@@ -1,4 +1,4 @@
-"""Implicit bias of fine-tuning in the diagonal linear network (PAPER.md sections 3 and 6).
+"""Implicit bias of fine-tuning in the diagonal linear network (docs/paper.md sections 3 and 6).
 
 Pure numpy/scipy functions of arrays (no torch, no Hydra); everything broadcasts.
 
@@ -71,7 +71,7 @@ def _a_minus_th(A: np.ndarray) -> np.ndarray:
 
 
 def q_k(z, k) -> np.ndarray:
-    """The implicit-bias penalty q_k(z) of PAPER.md section 3 (k > 0), stable for any k and z."""
+    """The implicit-bias penalty q_k(z) of docs/paper.md section 3 (k > 0), stable for any k and z."""
     z, s = _f64(z), np.sqrt(_f64(k))
     with np.errstate(divide="ignore"):
         A = np.arcsinh(2.0 * z / s)
@@ -143,7 +143,7 @@ def pt_dependence(beta_ft, beta_pt, c, lam, gamma) -> np.ndarray:
 
 
 def regime_of(l_ord, pd) -> np.ndarray:
-    """Name the fine-tuning regime (PAPER.md section 6) of (l-order, PD) pairs; returns 'I'..'IV' strings.
+    """Name the fine-tuning regime (docs/paper.md section 6) of (l-order, PD) pairs; returns 'I'..'IV' strings.
 
     rich   <=> l-order < L_SPLIT (1.5);   PT-dependent <=> PD < PD_SPLIT (-0.1).
     I = rich & PT-independent, II = lazy & PT-dependent, III = lazy & PT-independent,

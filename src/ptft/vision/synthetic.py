@@ -20,7 +20,7 @@ classes share one group feature), so pretraining on some classes learns features
 fine-tuning classes reuse. ``--distractors D`` adds D random class-independent bank features with
 random signs to every image, a nuisance that makes few-shot fine-tuning harder.
 
-Ground truths (``--ground-truth``, PAPER.md section 10): the default ``mixed`` is the construction
+Ground truths (``--ground-truth``, docs/paper.md section 10): the default ``mixed`` is the construction
 above, unchanged (same files for the same seed), with no designated FT classes. ``subset`` / ``new`` /
 ``dense`` designate the last ``--ft-classes`` classes (default 2: CIFAR 98, 99; SVHN 8, 9) as FT
 classes built from a small subset of the PT classes' features / from bank features no PT class uses /
@@ -250,7 +250,7 @@ GROUND_TRUTHS = ("mixed", "subset", "new", "dense")
 
 def ground_truth_recipes(kind: str, n_classes: int, ft_classes: int, group_size: int, seed: int
                          ) -> tuple[np.ndarray, int, tuple, tuple, dict[str, Any]]:
-    """Feature bank and class recipes of a designed ground truth (PAPER.md section 10).
+    """Feature bank and class recipes of a designed ground truth (docs/paper.md section 10).
 
     The FT classes are the LAST ``ft_classes`` labels; the PT classes (all others) are built as in
     ``mixed`` (coarse-group feature + 2 others, 3 per class) from the first ``n_bank_features`` bank
