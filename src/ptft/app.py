@@ -24,15 +24,16 @@ from ptft import ConfigError
 
 
 def conf_dir() -> Path:
-    """conf/ of the source tree (editable install) or $PTFT_CONF_DIR."""
+    """$PTFT_CONF_DIR, else the configs shipped in the package (ptft/conf; the repository's top-level
+    conf/ is a link to it)."""
     env = os.environ.get("PTFT_CONF_DIR")
     if env:
         return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for cand in (here.parents[2] / "conf", here.parent / "conf"):
-        if cand.is_dir():
-            return cand
-    raise ConfigError("cannot find the conf/ directory; set PTFT_CONF_DIR to the repository's conf/")
+    pkg = Path(__file__).resolve().parent / "conf"
+    if pkg.is_dir():
+        return pkg
+    raise ConfigError(f"cannot find {pkg} (the package's configs); reinstall ptft or set PTFT_CONF_DIR to a conf/ "
+                      f"directory")
 
 
 _UID = uuid.uuid4().hex[:6]
