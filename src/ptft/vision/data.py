@@ -40,7 +40,8 @@ import torch
 
 from ptft import ConfigError
 from ptft.pipeline.track import Split, TaskData
-from ptft.vision.synthetic import MARKER, NUM_CLASSES, dataset_files, read_marker, sha256_file
+from ptft.train.store import sha256_file
+from ptft.vision.formats import MARKER, NUM_CLASSES, dataset_files, read_marker
 
 __all__ = ["DataConfig", "Split", "TaskData", "validate_data_config", "split_classes", "load_split",
            "load_task", "normalize", "NUM_CLASSES"]

@@ -5,7 +5,7 @@ images of the digits 0-9 (values 0..16, about 180 per class). ``write_digits`` w
 exact files of SVHN, so ``data.name=svhn data.root=DIR`` runs the SVHN protocol (8 PT digits, 2 FT
 digits) on real images:
 
-- ``<root>/{train,test}_32x32.mat`` (scipy.io.savemat, via :func:`ptft.vision.synthetic._write_svhn`):
+- ``<root>/{train,test}_32x32.mat`` (scipy.io.savemat, via :func:`ptft.vision.formats._write_svhn`):
   ``X`` (32, 32, 3, N) uint8, ``y`` (N, 1) uint8 in 1..10, 10 for the digit 0 (SVHN's convention).
 - Pixels: value ``v`` in 0..16 -> ``p = floor(255 v / 16)`` (0, 15, 31, ..., 239, 255: injective,
   full uint8 range; ink is bright on a dark background, as in sklearn). Inverse:
@@ -19,7 +19,7 @@ digits) on real images:
   somewhat harder than a random split's.
 
 The files are recorded in ``<root>/PTFT_SYNTHETIC.json`` (sha256s, ``kind: digits``) under the
-``svhn`` format through :func:`ptft.vision.synthetic.write_registered`, so the suite's loader verifies
+``svhn`` format through :func:`ptft.vision.formats.write_registered`, so the suite's loader verifies
 them by sha256 instead of torchvision's MD5, and the run fingerprint is the hash of these sha256s,
 never ``torchvision`` (real SVHN). Generating ``ptft-data synthetic --format svhn`` in the same root
 replaces them (one SVHN-format set per root).
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ptft import ConfigError
-from ptft.vision.synthetic import _write_svhn, read_marker, write_registered
+from ptft.vision.formats import _write_svhn, read_marker, write_registered
 
 TRAIN_FRACTION = 0.7
 UPSAMPLE = 4  # 8x8 -> 32x32

@@ -42,48 +42,19 @@ marker stops the generator.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pickle
 import sys
-import tempfile
 from itertools import combinations
 from math import comb
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ptft import ArgumentParser, ConfigError
-from ptft.train.store import sha256_file  # noqa: F401  (ptft.vision.data imports it from here)
-
-MARKER = "PTFT_SYNTHETIC.json"
-NUM_CLASSES = {"cifar100": 100, "svhn": 10}
-CIFAR_DIR = "cifar-100-python"
-
-
-def dataset_files(fmt: str) -> list[str]:
-    """Paths (relative to the root) of the files of a dataset in format ``fmt``."""
-    if fmt == "cifar100":
-        return [f"{CIFAR_DIR}/train", f"{CIFAR_DIR}/test", f"{CIFAR_DIR}/meta"]
-    if fmt == "svhn":
-        return ["train_32x32.mat", "test_32x32.mat"]
-    raise ConfigError(f"format={fmt!r} must be one of {sorted(NUM_CLASSES)}")
-
-
-def read_marker(root: Path) -> dict[str, Any]:
-    """The marker's content (``{"formats": {fmt: {"files": {relpath: sha256}, ...}}}``), or {}."""
-    path = Path(root) / MARKER
-    if not path.is_file():
-        return {}
-    try:
-        marker = json.loads(path.read_text())
-        assert isinstance(marker.get("formats"), dict)
-        return marker
-    except (ValueError, AssertionError) as e:
-        raise ConfigError(f"{path} is not a valid ptft synthetic-data marker ({e}); delete it and "
-                          f"regenerate with `ptft-data synthetic --root {root} --format ...`") from e
-
+from ptft.train.store import sha256_file  # noqa: F401  (tests use synthetic.sha256_file)
+from ptft.vision.formats import (CIFAR_DIR, MARKER, NUM_CLASSES, _atomic_write, _write_svhn,
+                                 dataset_files, read_marker, write_registered)
 
 # ----------------------------------------------------------------------------------------------
 # Python-2 pickles, as the original CIFAR files
@@ -321,19 +292,6 @@ def ground_truth_recipes(kind: str, n_classes: int, ft_classes: int, group_size:
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; datasets are shared read-only files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_cifar100(root: Path, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
                     group_size: int) -> None:
     fine_names = [f"synthetic_class_{c:02d}" for c in range(100)]
@@ -351,15 +309,6 @@ def _write_cifar100(root: Path, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarra
         _atomic_write(root / CIFAR_DIR / name, lambda p, b=blob: Path(p).write_bytes(b))
     meta = dumps_py2({"fine_label_names": fine_names, "coarse_label_names": coarse_names})
     _atomic_write(root / CIFAR_DIR / "meta", lambda p: Path(p).write_bytes(meta))
-
-
-def _write_svhn(root: Path, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray) -> None:
-    from scipy.io import savemat
-
-    for name, x, y in (("train", xtr, ytr), ("test", xte, yte)):
-        mat = {"X": np.ascontiguousarray(x.transpose(2, 3, 1, 0)),  # (N,3,H,W) -> (H,W,3,N)
-               "y": np.where(y == 0, 10, y).astype(np.uint8).reshape(-1, 1)}
-        _atomic_write(root / f"{name}_32x32.mat", lambda p, m=mat: savemat(p, m, do_compression=False))
 
 
 def generate(root: str | Path, fmt: str, n_train_per_class: int = 100, n_test_per_class: int = 20,
@@ -402,33 +351,6 @@ def generate(root: str | Path, fmt: str, n_train_per_class: int = 100, n_test_pe
         "seed": seed, "n_train_per_class": n_train_per_class, "n_test_per_class": n_test_per_class,
         "noise": noise, "max_shift": max_shift, "distractors": distractors, **truth,
     })
-
-
-def write_registered(root: str | Path, fmt: str, write: Callable[[], None], info: dict[str, Any]) -> dict[str, str]:
-    """Write the files of format ``fmt`` under ``root`` with ``write()`` and record their sha256s (plus
-    ``info``) in the marker, which is written last; return {relpath: sha256}. Refuses to overwrite a
-    file the marker does not list (possibly real data)."""
-    root = Path(root)
-    files = dataset_files(fmt)
-    marker = read_marker(root)
-    known = marker.get("formats", {}).get(fmt, {}).get("files", {})
-    for rel in files:
-        if (root / rel).exists() and rel not in known:
-            raise ConfigError(f"{root / rel} exists and was not written by `ptft-data`: "
-                              f"refusing to overwrite (possibly real data); choose another --root")
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"--root {root} exists and is not a directory")
-    # Forget the old entry first: a crash mid-write must not leave stale hashes that "verify".
-    marker.setdefault("formats", {}).pop(fmt, None)
-    if marker["formats"]:
-        _atomic_write(root / MARKER, lambda p: Path(p).write_text(json.dumps(marker, indent=1)))
-    elif (root / MARKER).exists():
-        (root / MARKER).unlink()
-    write()
-    hashes = {rel: sha256_file(root / rel) for rel in files}
-    marker["formats"][fmt] = {"files": hashes, **info}
-    _atomic_write(root / MARKER, lambda p: Path(p).write_text(json.dumps(marker, indent=1)))
-    return hashes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,7 @@ def data_config(data: Any) -> DataConfig:
 
 def data_fingerprint(data: Any) -> str:
     """What identifies the images: the recorded sha256s of a synthetic set, else 'torchvision'."""
-    from ptft.vision.synthetic import read_marker
+    from ptft.vision.formats import read_marker
 
     fmt = read_marker(data_root(data)).get("formats", {}).get(str(data.name))
     if not fmt:
