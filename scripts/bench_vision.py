@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ptft.train.trainer import TrainConfig, Trainer  # noqa: E402
-from ptft.vision.data import _synthetic_classes, load_split  # noqa: E402
+from ptft.vision.data import load_split  # noqa: E402
 from ptft.vision.models import build_model  # noqa: E402
 from ptft.vision.synthetic import generate  # noqa: E402
 from ptft.vision.task import VisionTask  # noqa: E402
@@ -58,12 +58,27 @@ def bench_fast(model, x, y, args, device) -> tuple[float, VisionTask]:
     return args.steps * args.batch / (time.perf_counter() - t0), task
 
 
+class TorchvisionStyle(torch.utils.data.Dataset):
+    """torchvision CIFAR100's __getitem__ (a PIL image through the transform) over the loaded arrays (the
+    files themselves load only through ptft's restricted unpickler, never torchvision's plain pickle)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform) -> None:
+        self.data, self.targets, self.transform = x.permute(0, 2, 3, 1).numpy(), y.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
 def bench_dataloader(model, root: str, args, device) -> float:
     from torchvision import transforms
 
-    cifar_cls, _ = _synthetic_classes()
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
-    ds = cifar_cls(root, train=True, transform=tf)
+    ds = TorchvisionStyle(*load_split("cifar100", root, True), tf)
     dl = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                      pin_memory=device.type == "cuda", drop_last=True)
     model = model.to(device).train()

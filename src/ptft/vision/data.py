@@ -1,9 +1,13 @@
 """CIFAR-100 / SVHN as resident uint8 tensors, split into pretraining and fine-tuning tasks (LL protocol).
 
-Loading goes through torchvision's own ``CIFAR100`` / ``SVHN`` classes, so their file checks apply.
-torchvision verifies each file's MD5 even with ``download=False``; that check is replaced ONLY for a
-dataset written by ``ptft-data synthetic`` (listed in ``<root>/PTFT_SYNTHETIC.json``), whose files are
-verified against the sha256 recorded there instead. Real data always goes through torchvision's MD5.
+Files are checked before they are read: real data against torchvision's MD5 list (``data.download=true``
+fetches it with torchvision's downloader), a dataset written by ``ptft-data`` (listed in
+``<root>/PTFT_SYNTHETIC.json``) against the sha256s recorded there. A checksum only says the file is the
+one expected, not that it is harmless (the marker sits in the same folder as the files), so the
+CIFAR-format pickles are then read by ONE restricted unpickler (:func:`load_data_pickle`: numpy arrays,
+lists, dicts, strings, bytes and numbers; any other global is refused before anything is called) and
+the arrays and labels are checked (shape, dtype, labels in range), each failure one line naming the
+file. SVHN's ``.mat`` files are read with ``scipy.io.loadmat`` (no code in that format).
 
 Splits (all seeded with numpy's ``default_rng``, so identical on every platform):
 
@@ -41,7 +45,7 @@ import torch
 from ptft import ConfigError
 from ptft.pipeline.track import Split, TaskData
 from ptft.train.store import sha256_file
-from ptft.vision.formats import MARKER, NUM_CLASSES, dataset_files, read_marker
+from ptft.vision.formats import CIFAR_DIR, MARKER, NUM_CLASSES, dataset_files, read_marker
 
 __all__ = ["DataConfig", "Split", "TaskData", "validate_data_config", "split_classes", "load_split",
            "load_task", "normalize", "NUM_CLASSES"]
@@ -143,33 +147,131 @@ def split_classes(cfg: DataConfig) -> tuple[List[int], List[int]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading through torchvision
+# Loading: checksums, then the restricted readers
 # ----------------------------------------------------------------------------------------------
-def _synthetic_classes() -> tuple[type, type]:
+# numpy's array reconstruction, by exact qualified name (numpy 1 and 2 spell the modules differently):
+# the only globals a CIFAR-format pickle may name. Everything else in such a file is a list, dict,
+# tuple, string, bytes or number, which the unpickler builds without calling anything.
+_NUMPY_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+    (f"numpy.{core}.{mod}", name) for core in ("core", "_core")
+    for mod, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: refuses every global but numpy's array reconstruction (so a file whose
+    pickle would call os.system, open, eval, ... fails before anything is called)."""
+
+    def find_class(self, module: str, name: str):  # type: ignore[override]
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 writes bytes from Python 3
+            return _latin1_bytes
+        if (module, name) not in _NUMPY_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(module.replace(".core.", "._core.")), name)
+        except ImportError:  # numpy < 2
+            return getattr(importlib.import_module(module.replace("._core.", ".core.")), name)
+
+    def persistent_load(self, pid):  # type: ignore[override]
+        raise _Refused("a persistent id")
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    if encoding != "latin1" or not isinstance(text, str):
+        raise _Refused(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def load_data_pickle(path: Path) -> object:
+    """A CIFAR-format pickle (train / test / meta, real or synthetic) through the restricted unpickler:
+    numpy arrays, dtypes, lists, dicts, tuples, strings, bytes and numbers only. Anything else, or a
+    file that is not a pickle, is a ConfigError naming the file; nothing in the file is ever run."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            obj = _DataUnpickler(f, encoding="latin1").load()
+    except _Refused as e:
+        raise ConfigError(f"{path}: refused without loading it: its pickle refers to {e}, which a data file "
+                          f"never needs (only numpy arrays, lists, dicts, strings, bytes and numbers are "
+                          f"allowed); it may be malicious: delete it and regenerate or re-download the "
+                          f"dataset") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e}); check its permissions") from None
+    except Exception as e:  # a damaged pickle raises many types (EOFError, ValueError, MemoryError, ...)
+        raise ConfigError(f"{path}: not a readable data pickle ({type(e).__name__}: {str(e)[:80]}); "
+                          f"regenerate or re-download the dataset") from None
+    return obj
+
+
+def _check_labels(path: Path, labels: np.ndarray, lo: int, hi: int) -> None:
+    bad = labels[(labels < lo) | (labels > hi)] if labels.size else labels
+    if bad.size:
+        raise ConfigError(f"{path}: {bad.size} labels outside {lo}..{hi} (e.g. {int(bad[0])}); the file is "
+                          f"damaged or not in this format: regenerate or re-download the dataset")
+
+
+def _read_cifar(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(x NCHW uint8, fine labels int64) of cifar-100-python/{train,test}, as torchvision reads them."""
+    meta_path = root / CIFAR_DIR / "meta"
+    meta = load_data_pickle(meta_path)
+    names = meta.get("fine_label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != NUM_CLASSES["cifar100"]:
+        raise ConfigError(f"{meta_path}: no list of {NUM_CLASSES['cifar100']} fine_label_names; "
+                          f"the file is damaged: regenerate or re-download the dataset")
+    path = root / CIFAR_DIR / ("train" if train else "test")
+    d = load_data_pickle(path)
+    data = d.get("data") if isinstance(d, dict) else None
+    labels = d.get("fine_labels") if isinstance(d, dict) else None
+    try:
+        y = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        y = None
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072
+            or y is None or y.shape != (len(data),)):
+        raise ConfigError(f"{path}: expected 'data' (N x 3072 uint8) and N 'fine_labels'; the file is damaged "
+                          f"or not CIFAR-100: regenerate or re-download the dataset")
+    _check_labels(path, y, 0, NUM_CLASSES["cifar100"] - 1)
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32)), y
+
+
+def _read_svhn(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(x NCHW uint8, labels int64 with 10 -> 0) of {train,test}_32x32.mat, as torchvision reads them."""
+    from scipy.io import loadmat
+
+    path = root / f"{'train' if train else 'test'}_32x32.mat"
+    try:
+        mat = loadmat(str(path))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e}); check its permissions") from None
+    except Exception as e:  # scipy raises many types on a damaged MAT file
+        raise ConfigError(f"{path}: not a readable MAT file ({type(e).__name__}: {str(e)[:80]}); "
+                          f"regenerate or re-download the dataset") from None
+    x, y = mat.get("X"), mat.get("y")
+    if (not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3)
+            or not isinstance(y, np.ndarray) or y.size != x.shape[3] or not np.issubdtype(y.dtype, np.integer)):
+        raise ConfigError(f"{path}: expected X (32, 32, 3, N) uint8 and N integer labels y; the file is damaged "
+                          f"or not SVHN: regenerate or re-download the dataset")
+    y = y.astype(np.int64).reshape(-1)
+    _check_labels(path, y, 0, NUM_CLASSES["svhn"])  # SVHN writes the digit 0 as 10
+    y[y == 10] = 0
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y
+
+
+def _download(root: Path, name: str) -> None:
+    """torchvision's download (its archive MD5 checked); the files are then read as any others."""
     from torchvision.datasets import CIFAR100, SVHN
+    from torchvision.datasets.utils import download_and_extract_archive, download_url
 
-    class SyntheticCIFAR100(CIFAR100):
-        """CIFAR100 whose integrity check is the ptft marker's sha256 (see _verify_synthetic)."""
-
-        def _check_integrity(self) -> bool:
-            return not _synthetic_problems(Path(self.root), "cifar100")
-
-        def _load_meta(self) -> None:  # torchvision's version checks the real meta MD5
-            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-        def download(self) -> None:
-            raise RuntimeError("synthetic dataset: nothing to download")
-
-    class SyntheticSVHN(SVHN):
-        def _check_integrity(self) -> bool:
-            return not _synthetic_problems(Path(self.root), "svhn")
-
-        def download(self) -> None:
-            raise RuntimeError("synthetic dataset: nothing to download")
-
-    return SyntheticCIFAR100, SyntheticSVHN
+    if name == "cifar100":
+        download_and_extract_archive(CIFAR100.url, str(root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
+    else:
+        for url, filename, md5 in (SVHN.split_list[s] for s in ("train", "test")):
+            download_url(url, str(root), filename, md5)
 
 
 def _synthetic_problems(root: Path, name: str) -> List[str]:
@@ -232,35 +334,22 @@ def _file_stamp(root: Path, name: str) -> tuple:
 @lru_cache(maxsize=4)
 def _load_cached(name: str, root: str, train: bool, download: bool, stamp: tuple
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import CIFAR100, SVHN
-
     rootp = Path(root)
     synthetic = name in read_marker(rootp).get("formats", {})
     if synthetic:
         problems = _synthetic_problems(rootp, name)
-        if problems:
-            raise _dataset_error(rootp, name, problems, True)
-        cifar_cls, svhn_cls = _synthetic_classes()
-        download = False
     else:
-        cifar_cls, svhn_cls = CIFAR100, SVHN
-        if not download:
+        problems = _real_problems(rootp, name)
+        if problems and download:
+            try:
+                _download(rootp, name)
+            except (RuntimeError, OSError, ValueError) as e:
+                raise _dataset_error(rootp, name, [], False, cause=f"download failed: {type(e).__name__}: {e}") \
+                    from None
             problems = _real_problems(rootp, name)
-            if problems:
-                raise _dataset_error(rootp, name, problems, False)
-    try:
-        if name == "cifar100":
-            ds = cifar_cls(root, train=train, download=download)
-            x = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
-            y = np.asarray(ds.targets, dtype=np.int64)
-        else:
-            ds = svhn_cls(root, split="train" if train else "test", download=download)
-            x = np.ascontiguousarray(ds.data)  # already (N, 3, H, W)
-            y = np.asarray(ds.labels, dtype=np.int64)
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, EOFError, KeyError) as e:
-        raise _dataset_error(rootp, name, [], synthetic, cause=f"{type(e).__name__}: {e}") from e
-    if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32) or len(x) != len(y):
-        raise _dataset_error(rootp, name, [], synthetic, cause=f"unexpected arrays {x.dtype} {x.shape}, {len(y)} labels")
+    if problems:
+        raise _dataset_error(rootp, name, problems, synthetic)
+    x, y = (_read_cifar if name == "cifar100" else _read_svhn)(rootp, train)
     x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
     x_t.requires_grad_(False)
     return x_t, y_t
