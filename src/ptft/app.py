@@ -116,6 +116,24 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+# ---- what a config needs in the ConfigStore before it is composed (e.g. the tracks' schemas) ------------
+LOADERS: dict[str, Callable[[], None]] = {}
+_LOADED: set[str] = set()
+
+
+def register_loader(config_name: str, fn: Callable[[], None]) -> None:
+    """`fn()` registers what conf/<config_name>.yaml needs in the ConfigStore; it runs once, before the
+    config's first composition (so a pipeline need not import its tracks to be imported)."""
+    LOADERS[config_name] = fn
+    _LOADED.discard(config_name)
+
+
+def load(config_name: str) -> None:
+    if config_name not in _LOADED and config_name in LOADERS:
+        LOADERS[config_name]()
+        _LOADED.add(config_name)
+
+
 # ---- validation: compose + the pipeline's validate, the same in-process and on the command line -----
 VALIDATORS: dict[str, Callable[[DictConfig], None]] = {}
 
@@ -200,6 +218,7 @@ def compose_fast(config_name: str, overrides: Optional[Sequence[str]] = None) ->
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException
 
+    load(config_name)
     parsed = OverridesParser.create().parse_overrides(list(overrides or []))
     for o in parsed:
         if o.is_sweep_override():
@@ -306,6 +325,7 @@ def _sweeper_params(config_name: str, overrides: list[str]) -> dict[str, str]:
     from hydra import compose as _compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    load(config_name)
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
         try:
@@ -347,6 +367,7 @@ def entry(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[
         @functools.wraps(fn)
         def cli() -> Any:
             try:
+                load(config_name)
                 precheck(config_name, sys.argv[1:])
             except ConfigError as e:
                 fail(str(e))
@@ -362,6 +383,7 @@ def compose(config_name: str, overrides: Optional[Sequence[str]] = None) -> Dict
     from hydra import compose as _compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    load(config_name)
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
         return _compose(config_name=config_name, overrides=list(overrides or []))

@@ -258,12 +258,12 @@ def collect(paths: Sequence[str | Path] | str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Bookkeeping first, then config columns (dotted, sorted), then metrics (sorted)."""
+def columns(rows: Iterable[dict[str, Any]], first: Sequence[str] = ()) -> list[str]:
+    """`first` (those present), bookkeeping, then config columns (dotted, sorted), metrics (sorted), provenance."""
     keys: set[str] = set()
     for r in rows:
         keys.update(r)
-    head = [k for k in BOOKKEEPING if k in keys]
+    head = [k for k in dict.fromkeys((*first, *BOOKKEEPING)) if k in keys]
     prov = sorted(k for k in keys if k.startswith(PROV))
     rest = sorted(keys - set(head) - set(prov))
     cfg = [k for k in rest if "." in k or k in ("seed", "name", "device")]
@@ -290,10 +290,10 @@ def commit_warning(rows: Iterable[dict[str, Any]]) -> Optional[str]:
     return ("the table mixes " + "; ".join(parts) + "; see the prov_* columns") if parts else None
 
 
-def to_csv(rows: Sequence[dict[str, Any]], path: Optional[str | Path] = None) -> str:
-    """Write rows as CSV (union of columns, empty where absent); returns the text."""
+def to_csv(rows: Sequence[dict[str, Any]], path: Optional[str | Path] = None, first: Sequence[str] = ()) -> str:
+    """Write rows as CSV (union of columns, `first` leading, empty where absent); returns the text."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns(rows), restval="", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns(rows, first), restval="", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow(r)

@@ -3,6 +3,7 @@
 Hydra config groups pick the parts, each with its own typed schema:
 - ``data=cifar100|svhn`` (images, ptft.vision.data.DataConfig) or ``data=modarith`` (ptft.arith.data);
 - ``model=resnet18|resnet18_cifar`` (ResNet-18 variants) or ``model=transformer`` (ptft.arith.model);
+  the data and model schemas come from the tracks (ptft.pipeline.track: entry points ``ptft.tracks``);
 - ``experiment=...`` presets (conf/experiment/). A group's keys exist only in that group: ``data.p`` is an
   error with ``data=cifar100``. A group option may also set the track's training recipe (conf/data/*.yaml).
 
@@ -27,7 +28,7 @@ from ptft import ConfigError, app
 from ptft.log.logger import WandbConfig, resolve_mode
 from ptft.pipeline.knobs import (FTConfig, InitConfig, resolve_factors, resolve_layer_factors, validate_ft_config,
                                  validate_init_config)
-from ptft.pipeline.track import track_of
+from ptft.pipeline.track import register_schemas, track_of
 from ptft.train.trainer import OptimTrainConfig, validate_train
 from ptft.train.trainer import train_identity as trainer_identity
 
@@ -112,21 +113,9 @@ class PTFTApp:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-def _register() -> None:
-    from ptft.arith.data import ModArithConfig
-    from ptft.arith.model import TransformerConfig
-    from ptft.vision.data import DataConfig
-    from ptft.vision.track import ResNetConfig
-
-    app.register("ptft_schema", PTFTApp)
-    app.register("vision", DataConfig, group="schema/data")
-    app.register("modarith", ModArithConfig, group="schema/data")
-    for name in ("resnet18", "resnet18_cifar"):
-        app.register(name, ResNetConfig(name=name), group="model")
-    app.register("transformer", TransformerConfig, group="model")
-
-
-_register()
+app.register("ptft_schema", PTFTApp)
+for _name in ("pretrain", "finetune"):  # the tracks' data and model schemas, registered before composing
+    app.register_loader(_name, register_schemas)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
     ptft-finetune data=modarith model=transformer        # the arithmetic track (docs/paper.md section 9)
     ptft-finetune -m experiment=ll_cifar100_rescale      # a preset's sweep (conf/experiment/)
 
-A track (ptft.pipeline.track: vision or arithmetic, picked by the `data` group) plugs in its data, its
-model with named stages and its trainer Task; everything else is shared: the init knobs and post-PT
+A track (ptft.pipeline.track: vision or arithmetic, picked by the `data` group; found through its entry
+point, never imported here) plugs in its data, its model with named stages and its trainer Task; everything
+else is shared: the init knobs and post-PT
 rescalings (ptft.pipeline.knobs), the run store, the trainer, logging.
 
 Run store: `<store.root>/pretrain/<hash>/` holds model.pt (the state_dict, loaded with weights_only=True)
@@ -122,8 +123,8 @@ def _train(task: Any, tcfg: Any, run: RunDir, resolved: dict, wandb_cfg: Any, *,
 
 
 def _diagnostics(task: Any, start: dict) -> dict[str, float]:
-    """Per-stage movement, CKA and participation ratio of a fine-tuning (ptft.analysis.diagnostics)."""
-    from ptft.analysis.diagnostics import diagnostics
+    """Per-stage movement, CKA and participation ratio of a fine-tuning (ptft.pipeline.diagnostics)."""
+    from ptft.pipeline.diagnostics import diagnostics
 
     net = task.model
     stages = {s: list(getattr(net, "STAGE_MODULES", {}).get(s, (s,))) for s in net.STAGES}
@@ -262,7 +263,7 @@ def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, n
         torch.manual_seed(derived_seed(seed, _HEAD))
         prepare_finetune_model(net, cfg.ft, len(task_data.ft_classes))
         if cfg.ft.bn_recalibrate:
-            recalibrate_bn(net.to(device), ft.x)
+            recalibrate_bn(net.to(device), ft.x, prep=track.prepare)
         tcfg = train_config(cfg.train)
         tcfg.batch_size = track.batch_size(tcfg, len(ft))
         task = track.make_task(net, ft, te, y_orig=cfg.ft.head == "reuse", tcfg=tcfg, seed=seed, device=device,

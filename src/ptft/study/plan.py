@@ -1,0 +1,81 @@
+"""The plan of a study: spec -> the jobs (one process of the app each) that make its runs.
+
+dln: one `ptft-dln` job per (arm, x, replicate, seed chunk); the chunk's seeds are one batched job (`dln.seeds`).
+finetune: one `ptft-finetune` job per (arm, replicate, seed); every n_ft of the seed runs in-process
+(`runs.n_ft`), the pretraining is found by hash in the store (trained by the first job that needs it).
+A job's identity is the hash of its arguments, so planning twice gives the same jobs (skipped when done).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ptft.study.spec import StudySpec, looks
+
+SCRIPTS = {"dln": "ptft-dln", "finetune": "ptft-finetune"}
+
+
+@dataclass(frozen=True)
+class Job:
+    arm: str
+    seeds: tuple[int, ...]
+    args: tuple[str, ...]          # overrides of the app (without store / hydra keys)
+    x: Optional[float] = None      # dln: the job's x value (finetune: every x in one job)
+    replicate: Any = None
+
+    @property
+    def id(self) -> str:
+        h = hashlib.sha256(json.dumps(list(self.args)).encode()).hexdigest()[:10]
+        return f"{self.arm}-s{self.seeds[0]}-{h}"
+
+
+def _fmt(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _list(vals) -> str:
+    return "[" + ",".join(_fmt(v) for v in vals) + "]"
+
+
+def seed_chunks(spec: StudySpec, first_seed: int, n_seeds: int) -> list[tuple[int, ...]]:
+    """The dln app's batched seeds: each look's new seeds, cut into pieces of seeds.per_job (0: one piece), so a
+    later, longer plan contains the same jobs."""
+    edges = [0, *looks(spec.seeds)]
+    out = []
+    for lo, hi in zip(edges, edges[1:]):
+        lo, hi = max(lo, first_seed), min(hi, n_seeds)
+        per = spec.seeds.per_job or max(hi - lo, 1)
+        out += [tuple(range(i, min(i + per, hi))) for i in range(lo, hi, per)]
+    return out
+
+
+def plan(spec: StudySpec, n_seeds: int, first_seed: int = 0) -> list[Job]:
+    """Every job for seeds [first_seed, n_seeds), pretraining-side arms first within a seed chunk."""
+    seeds = list(range(first_seed, n_seeds))
+    if not seeds:
+        return []
+    reps = list(spec.replicates.values) if spec.replicates.key else [None]
+    common = [*spec.base, f"name={spec.name}"]
+    jobs = []
+    if spec.app == "dln":
+        chunks = seed_chunks(spec, first_seed, n_seeds)
+        for chunk in chunks:
+            for arm, ov in spec.arms.items():
+                for rep in reps:
+                    for x in spec.x.values:
+                        args = [*common, *ov, f"{spec.x.key}={_fmt(x)}", f"dln.seeds={_list(chunk)}"]
+                        if rep is not None:
+                            args.append(f"{spec.replicates.key}={_fmt(rep)}")
+                        jobs.append(Job(arm, chunk, tuple(args), x=float(x), replicate=rep))
+    else:
+        nft = _list(int(v) for v in spec.x.values)
+        for seed in seeds:
+            for arm, ov in spec.arms.items():
+                for rep in reps:
+                    args = [*common, *ov, f"runs.n_ft={nft}", f"runs.seeds=[{seed}]"]
+                    if rep is not None:
+                        args.append(f"{spec.replicates.key}={_fmt(rep)}")
+                    jobs.append(Job(arm, (seed,), tuple(args), replicate=rep))
+    return jobs
