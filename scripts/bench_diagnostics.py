@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ptft.analysis.diagnostics import RESNET18_OUTPUTS, RESNET18_STAGES, diagnostics  # noqa: E402
+from ptft.pipeline.diagnostics import RESNET18_OUTPUTS, RESNET18_STAGES, diagnostics  # noqa: E402
 from ptft.vision.models import build_model  # noqa: E402
 
 

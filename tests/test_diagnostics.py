@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptft import ConfigError
-from ptft.analysis.diagnostics import (RESNET18_OUTPUTS, RESNET18_STAGES, diagnostics, linear_cka,
+from ptft.pipeline.diagnostics import (RESNET18_OUTPUTS, RESNET18_STAGES, diagnostics, linear_cka,
                                        participation_ratio, relative_movement, stage_outputs, stage_params)
 from ptft.vision.models import build_model
 

@@ -175,6 +175,7 @@ def test_configs_are_hydra_structured() -> None:
 # ---------------------------------------------------------------- BatchNorm recalibration
 def test_recalibrate_bn_recomputes_running_stats_without_touching_parameters() -> None:
     from ptft.pipeline.knobs import recalibrate_bn
+    from ptft.vision.data import normalize
 
     m = _model(0)
     apply_rescale(m, 0.25)  # after a strong rescale the PT statistics (here: init's 0 / 1) are stale
@@ -188,7 +189,7 @@ def test_recalibrate_bn_recomputes_running_stats_without_touching_parameters() -
         m.eval()
         stale = m(xf)
         stem = m.conv1(xf)  # the first BN's input
-    assert recalibrate_bn(m, x, batch=4) == 20  # 3 equal batches: mean of batch means = overall mean
+    assert recalibrate_bn(m, x, batch=4, prep=normalize) == 20  # 3 equal batches: mean of batch means = overall mean
     assert not m.training and m.bn1.momentum == 0.1
     assert all(torch.equal(p, params[n]) for n, p in m.named_parameters())
     assert torch.allclose(m.bn1.running_mean, stem.mean((0, 2, 3)), atol=1e-6)
@@ -198,7 +199,7 @@ def test_recalibrate_bn_recomputes_running_stats_without_touching_parameters() -
     assert (fresh - train_out).abs().max() < 0.2 * (stale - train_out).abs().max()
     recalibrate_bn(m, xf, batch=64)  # one batch, float input: exact batch statistics of the stem
     assert torch.allclose(m.bn1.running_var, stem.var((0, 2, 3), unbiased=True), rtol=1e-4)
-    recalibrate_bn(m, x[:7], batch=3)  # 7 = 3 + 3 + 1 would leave a batch of one: batch grows to 4
+    recalibrate_bn(m, x[:7], batch=3, prep=normalize)  # 7 = 3 + 3 + 1 would leave a batch of one: batch grows to 4
 
 
 def test_recalibrate_bn_bad_input_is_one_clear_error() -> None:

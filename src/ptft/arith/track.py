@@ -9,12 +9,12 @@ from ptft import ConfigError
 from ptft.arith import data as D
 from ptft.arith.model import TransformerConfig, build_model, validate as validate_model
 from ptft.arith.task import ArithTask
-from ptft.pipeline.track import Split, TaskData, register_track
+from ptft.pipeline.track import Split, TaskData, Track
 
 
-class ArithTrack:
-    model_schemas = (TransformerConfig,)
-    model_names = ("transformer",)
+class ArithTrack(Track):
+    name = "arith"
+    schemas = {("schema/data", "modarith"): D.ModArithConfig, ("model", "transformer"): TransformerConfig}
 
     def validate(self, cfg: Any, stage: str) -> None:
         D.validate(cfg.data, check_n_ft=cfg.runs.n_ft is None)
@@ -61,4 +61,4 @@ class ArithTrack:
         return ArithTask(net, train.x, train.y, test.x, test.y, device=device)
 
 
-register_track(D.ModArithConfig, ArithTrack())
+TRACK = ArithTrack()  # entry point ptft.tracks: arith (pyproject.toml)

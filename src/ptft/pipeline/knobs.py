@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -239,17 +239,16 @@ def prepare_finetune_model(model: nn.Module, ft_cfg: FTConfig, n_ft_classes: int
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 128) -> int:
-    """Recompute every BatchNorm's running statistics on the images ``x`` (for ``ft.bn_recalibrate``).
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 128,
+                   prep: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> int:
+    """Recompute every BatchNorm's running statistics on the inputs ``x`` (for ``ft.bn_recalibrate``).
 
     After a rescale the running statistics are the pretraining's, stale for the rescaled network.
     This resets them and runs ``x`` through the model in train mode, in batches of ``batch``, with
     ``momentum=None`` (a cumulative average: the mean over batches of each batch's mean and unbiased
-    variance). uint8 images are normalised as :func:`ptft.vision.data.normalize`; float inputs are
-    used as given. No parameter changes; each layer's momentum and the model's train/eval mode are
-    restored. Returns the number of BatchNorm layers recalibrated."""
-    from ptft.vision.data import normalize
-
+    variance). Each batch goes through ``prep`` first (the track's input preparation, e.g. uint8 images ->
+    normalised floats; None: as given). No parameter changes; each layer's momentum and the model's
+    train/eval mode are restored. Returns the number of BatchNorm layers recalibrated."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         raise ConfigError("recalibrate_bn: the model has no BatchNorm layer with running statistics")
@@ -269,7 +268,7 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch: int = 128) -> int:
     try:
         for i in range(0, len(x), batch):
             xb = x[i:i + batch].to(device)
-            model(normalize(xb) if xb.dtype == torch.uint8 else xb)
+            model(prep(xb) if prep is not None else xb)
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom

@@ -13,9 +13,8 @@ from typing import Any, Optional
 import torch
 
 from ptft import ConfigError
-from ptft.pipeline.track import Split, TaskData, register_track
-from ptft.vision.data import DataConfig, load_task, validate_data_config
-from ptft.vision.models import MODEL_NAMES, build_model
+from ptft.pipeline.track import Split, TaskData, Track
+from ptft.vision.data import DataConfig, load_task, normalize, validate_data_config
 
 
 @dataclass
@@ -55,12 +54,15 @@ def data_fingerprint(data: Any) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _probe(name: str) -> torch.nn.Module:
+    from ptft.vision.models import build_model
+
     return build_model(name, 2, width=1)
 
 
-class VisionTrack:
-    model_schemas = (ResNetConfig,)
-    model_names = MODEL_NAMES
+class VisionTrack(Track):
+    name = "vision"
+    schemas = {("schema/data", "vision"): DataConfig,
+               **{("model", m): ResNetConfig(name=m) for m in ("resnet18", "resnet18_cifar")}}
 
     def validate(self, cfg: Any, stage: str) -> None:
         validate_data_config(cfg.data)
@@ -80,8 +82,8 @@ class VisionTrack:
 
     def probe(self, model: Any) -> torch.nn.Module:
         """A width-1 model with the real module names, to check layer patterns before any compute."""
-        if model.name not in MODEL_NAMES:
-            raise ConfigError(f"model.name={model.name!r} must be one of {list(MODEL_NAMES)} (model=<name>)")
+        if model.name not in self.model_names:
+            raise ConfigError(f"model.name={model.name!r} must be one of {self.model_names} (model=<name>)")
         return _probe(model.name)
 
     def data_identity(self, data: Any, stage: str) -> dict:
@@ -103,7 +105,12 @@ class VisionTrack:
         return load_task(dc)
 
     def build(self, model: Any, n_out: int) -> torch.nn.Module:
+        from ptft.vision.models import build_model
+
         return build_model(model.name, n_out, model.width)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x)
 
     def batch_size(self, tcfg: Any, n: int) -> Optional[int]:
         return tcfg.batch_size or min(n, 128)
@@ -119,4 +126,4 @@ class VisionTrack:
                           eval_batch=runtime.eval_batch)
 
 
-register_track(DataConfig, VisionTrack())
+TRACK = VisionTrack()  # entry point ptft.tracks: vision (pyproject.toml)
