@@ -184,3 +184,22 @@ def test_cli_lists_studies_and_refuses_bad_input(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "seeds.max" in p.stderr
     assert not (tmp_path / "r").exists()
+
+
+# ---- the freshness registry is the specs -----------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = sorted(p.parent.name for p in (REPO / "results").glob("*/runs.csv"))
+
+
+def test_every_committed_study_folder_has_its_spec():
+    assert set(COMMITTED) <= set(names())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMMITTED)
+def test_committed_study_is_fresh(name, tmp_path):
+    """`ptft-study NAME --check`: tables regenerated from the committed runs.csv, and a sample of its jobs rerun."""
+    exe = str(Path(sys.executable).parent / "ptft-study")
+    p = subprocess.run([exe, name, "--check", "--out", str(REPO / "results" / name)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]

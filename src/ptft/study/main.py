@@ -18,14 +18,13 @@ import math
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ptft import ArgumentParser, ConfigError
 from ptft.study import report, stats, table
 from ptft.study.plan import plan
-from ptft.study.runner import run_jobs
+from ptft.study.runner import DONE, job_dir, run_jobs
 from ptft.study.spec import StudySpec, load, looks, names
 
 log = logging.getLogger("ptft.study")
@@ -44,7 +43,6 @@ def _epilog() -> str:
 def run_study(spec: StudySpec, store: Path, out: Path, command: str, *, launcher: str = "local",
               report_only: bool = False) -> int:
     """The sequential loop: run a look's seeds, judge, add a batch while undecided; then write the outputs."""
-    t0 = time.time()
     failures: list[str] = []
     n_looks = looks(spec.seeds)
     jobs: list = []
@@ -67,14 +65,27 @@ def run_study(spec: StudySpec, store: Path, out: Path, command: str, *, launcher
         raise ConfigError(f"study {spec.name}: no finished runs in {store}" +
                           ("; run it without --report-only" if report_only else ""))
     table.write(rows, out / "runs.csv")
-    wall = time.time() - t0
-    paths = report.write(table.read(out / "runs.csv"), spec, out, command,
-                         runtime=None if report_only else f"this call: {wall:.0f} s wall")
+    secs = job_seconds(spec, jobs, store)
+    runtime = f"{len(jobs)} jobs, {secs:.0f} s of job time on {spec.workers} worker(s) of one thread"
+    paths = report.write(table.read(out / "runs.csv"), spec, out, command, runtime=runtime)
     print(f"[{spec.name}] wrote {out / 'runs.csv'} ({len(rows)} runs), " + ", ".join(p.name for p in paths),
           file=sys.stderr, flush=True)
     for f in failures:
         print(f"[{spec.name}] failed job: {f}", file=sys.stderr, flush=True)
     return 1 if failures else 0
+
+
+def job_seconds(spec: StudySpec, jobs: Sequence, store: Path) -> float:
+    """Wall seconds the jobs took when they ran (from their study_done.json)."""
+    import json
+
+    total = 0.0
+    for j in jobs:
+        try:
+            total += float(json.loads((job_dir(store, spec.name, j) / DONE).read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return total
 
 
 def from_table(spec: StudySpec, csv: Path, out: Path, command: str) -> None:

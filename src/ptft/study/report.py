@@ -77,9 +77,11 @@ def summary_rows(df, spec: StudySpec) -> list[dict]:
             allr = df[(df["arm"] == arm) & np.isclose(df["x"].astype(float), x)]
             sel = use[(use["arm"] == arm) & np.isclose(use["x"].astype(float), x)]
             y = pd.to_numeric(sel[spec.metric.name], errors="coerce")
-            per_seed = y.groupby(sel["seed"]).mean()
-            m, lo, hi = stats.interval(per_seed.to_numpy(), 0.95)
-            between, within = stats.variance_split(y.to_numpy(), sel["seed"].to_numpy())
+            log = spec.metric.scale == "log"  # geometric mean and its interval, from the logs
+            yv = np.log(y) if log else y
+            per_seed = yv.groupby(sel["seed"]).mean()
+            m, lo, hi = (np.exp(v) if log else v for v in stats.interval(per_seed.to_numpy(), 0.95))
+            between, within = stats.variance_split(yv.to_numpy(), sel["seed"].to_numpy())
             row = {"arm": arm, "x": x, "runs": len(allr), "usable": len(sel), "seeds": len(per_seed),
                    "mean": m, "ci95_lo": lo, "ci95_hi": hi, "var_between_seeds": between,
                    "var_between_replicates": within}
@@ -121,7 +123,8 @@ def figure(df, spec: StudySpec, verdicts: list[dict], out: Path) -> None:
         err = np.nan_to_num(np.vstack([m - lo, hi - m]))
         ax.errorbar(x, m, yerr=err, marker="o", capsize=3, label=arm + (" (baseline)" if arm == spec.baseline else ""))
     ax.set_xlabel(spec.x.key)
-    ax.set_ylabel(f"{spec.metric.name} (mean over seeds, 95% CI)")
+    mean = "geometric mean" if spec.metric.scale == "log" else "mean"
+    ax.set_ylabel(f"{spec.metric.name} ({mean} over seeds, 95% CI)")
     if spec.metric.scale == "log":
         ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -178,9 +181,11 @@ def write(df, spec: StudySpec, out: Path, command: str, runtime: Optional[str] =
             md_table(verdicts, ["prediction", "x", "diff", "lo", "hi", "delta", "seeds", "replicates", "detectable",
                                 "verdict"]), "",
             "## Per arm", "",
-            f"Mean of `{spec.metric.name}` over seeds (95% t interval over per-seed means); runs = rows in the table, "
+            f"{'Geometric mean' if spec.metric.scale == 'log' else 'Mean'} of `{spec.metric.name}` over seeds (95% t "
+            f"interval over per-seed means{', of the logs' if spec.metric.scale == 'log' else ''}); runs = rows in the table, "
             f"usable = status ok" + (" and PT criterion met" if "pt_status" in df else "") + "; variance split: "
-            "between PT seeds vs between FT replicates of a seed.", "",
+            "between PT seeds vs between FT replicates of a seed" + (" (of the logs)" if spec.metric.scale == "log"
+                                                                     else "") + ".", "",
             md_table(summ, list(summ[0]) if summ else []), "",
             "![figure](figure.png)", ""]
     atomic_write_text(paths[3], "\n".join(text))
