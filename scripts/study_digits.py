@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python scripts/study_digits.py            # runs (skips finished ones), then the report
     python scripts/study_digits.py --report-only                 # report from the store only
 
-Runs: the four presets conf/experiment/digits_*.yaml (10 seeds each, n_ft 4, 10, 20, 50) and STL, as two
+Runs: the four presets conf/experiment/digits/*.yaml (10 seeds each, n_ft 4, 10, 20, 50) and STL, as two
 chains of `ptft-finetune -m` jobs in two processes (one CPU thread each), all in ONE store (--store), so
 the pretraining of a (kappa, scale, seed) is trained once and found by hash by every FT-side value.
 Report (results/): `ptft-aggregate` -> digits_runs.csv; `ptft-plot` per knob -> digits_<knob>.png (+ .csv, .md);
@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # (knob key, figure name, preset)
-KNOBS = [("init.kappa", "kappa", "digits_relative_scale"), ("init.scale", "scale", "digits_absolute_scale"),
-         ("ft.readout_scale", "readout", "digits_readout_scale"), ("ft.rescale", "rescale", "digits_rescale")]
+KNOBS = [("init.kappa", "kappa", "digits/relative_scale"), ("init.scale", "scale", "digits/absolute_scale"),
+         ("ft.readout_scale", "readout", "digits/readout_scale"), ("ft.rescale", "rescale", "digits/rescale")]
 REFERENCE = {"init.kappa": 1.0, "init.scale": 1.0, "ft.readout_scale": 1.0, "ft.rescale": 1.0}
 # the paper's direction for each knob: (value, sign of (value - reference) predicted, n_ft where it is claimed)
 CLAIMS = {"init.kappa": ("kappa < 1 helps", {0.25: +1, 0.5: +1, 2.0: -1}, None),
@@ -39,14 +39,14 @@ def chains(store: str, root: str) -> list[list[list[str]]]:
     together they run the presets' full grids and STL."""
     common = [f"store.root={store}", f"data.root={root}", "wandb.mode=disabled"]
     ft = [str(BIN / "ptft-finetune"), "-m"]
-    a = [ft + ["experiment=digits_relative_scale", f"init.kappa={v}"] + common for v in ("1", "0.25", "2")]
-    a.append(ft + ["experiment=digits_absolute_scale", "init.scale=2"] + common)
-    a.append(ft + ["experiment=digits_relative_scale", "init.kappa=0.5"] + common)
-    b = [ft + ["experiment=digits_relative_scale", "ft.mode=stl", "init.kappa=1"] + common,
-         ft + ["experiment=digits_rescale", "ft.rescale=0.25"] + common,
-         ft + ["experiment=digits_readout_scale", "ft.readout_scale=0.1"] + common,
-         ft + ["experiment=digits_readout_scale", "ft.readout_scale=3"] + common,
-         ft + ["experiment=digits_absolute_scale", "init.scale=0.5"] + common]
+    a = [ft + ["experiment=digits/relative_scale", f"init.kappa={v}"] + common for v in ("1", "0.25", "2")]
+    a.append(ft + ["experiment=digits/absolute_scale", "init.scale=2"] + common)
+    a.append(ft + ["experiment=digits/relative_scale", "init.kappa=0.5"] + common)
+    b = [ft + ["experiment=digits/relative_scale", "ft.mode=stl", "init.kappa=1"] + common,
+         ft + ["experiment=digits/rescale", "ft.rescale=0.25"] + common,
+         ft + ["experiment=digits/readout_scale", "ft.readout_scale=0.1"] + common,
+         ft + ["experiment=digits/readout_scale", "ft.readout_scale=3"] + common,
+         ft + ["experiment=digits/absolute_scale", "init.scale=0.5"] + common]
     return [a, b]
 
 

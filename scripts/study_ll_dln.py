@@ -1,4 +1,4 @@
-"""Lippl & Lindsey's DLN weight-rescaling experiment (docs/paper.md section 7; preset ll_dln_rescale).
+"""Lippl & Lindsey's DLN weight-rescaling experiment (docs/paper.md section 7; preset dln/ll_rescale).
 
     python scripts/study_ll_dln.py --store runs/ll_dln --workers 2      # every job, then CSV + figure
     (rerunning it skips every finished job: it then only rewrites the CSVs and the figure)
@@ -6,7 +6,7 @@
 Arms: the pretrained first layer multiplied by s with the readout set to 1e-3 * s, s in {1, 1e-1, 1e-2,
 1e-3} (LL's pairs), and STL from the same 1e-3 init; n_FT in {16, 32, 64, 128}; 6 seeds; two FT tasks:
 nested (k_ft = 5, all shared with PT) and new features (k_ft = 5, overlap 0). Every job is one
-`ptft-dln experiment=ll_dln_rescale ...` in-process with the six seeds batched; PT is trained once per
+`ptft-dln experiment=dln/ll_rescale ...` in-process with the six seeds batched; PT is trained once per
 seed and shared by every job through the PT store (the first job trains it).
 
 Outputs (--out, default results/): ll_dln_rescale.csv (one row per task, arm, n_ft and seed: FT test
@@ -55,7 +55,7 @@ def jobs(store: str) -> list[tuple[tuple, list[str]]]:
     for task, overlap in TASKS.items():
         for n in N_FT:
             for arm, s in ARMS:
-                base = ["experiment=ll_dln_rescale", f"dln.overlap={overlap}", f"dln.n_ft={n}", f"store.root={store}",
+                base = ["experiment=dln/ll_rescale", f"dln.overlap={overlap}", f"dln.n_ft={n}", f"store.root={store}",
                         "wandb.mode=disabled", *arm_overrides(s)]
                 halves = [[*base, f"dln.seeds={h}"] for h in HALVES]
                 if all(RunDir(store, "dln", scientific(app.compose("dln", h))).finished for h in halves):

@@ -3,7 +3,7 @@
     python scripts/study_modarith.py --store runs/modarith_study --workers 2      # all jobs, then the figures
     python scripts/study_modarith.py --store runs/modarith_study --report-only   # figures/CSV from the store
 
-Preset `modarith_cpu` (p = 47, d_model 64, PT on add with 40% of the pairs, AdamW). Fine-tuning pairs:
+Preset `arith/modarith_cpu` (p = 47, d_model 64, PT on add with 40% of the pairs, AdamW). Fine-tuning pairs:
 `perm_add` (reuses every PT feature, only the readout changes) and `mul` (needs new features). Knobs, one
 at a time around the baseline (kappa = scale = gamma = 1): init.kappa in {0.25, 0.5, 1, 2}, init.scale in
 {0.5, 1, 2}, ft.readout_scale in {0.1, 1, 3}, and STL (no pretraining, default init). Each job is one
@@ -48,7 +48,7 @@ def jobs(n_ft: list[int], seeds: list[int]) -> list[list[str]]:
     ft_side = [s for s in settings if not s[0].startswith("init.")]
     out = []
     for seed in seeds:
-        common = ["experiment=modarith_cpu", "name=modarith_study", f"runs.n_ft=[{','.join(map(str, n_ft))}]",
+        common = ["experiment=arith/modarith_cpu", "name=modarith_study", f"runs.n_ft=[{','.join(map(str, n_ft))}]",
                   f"runs.seeds=[{seed}]"]
         out += [[*common, f"data.ft_op={OPS[0]}", *s] for s in pt_side]      # each trains its pretraining
         out += [[*common, f"data.ft_op={op}", *s] for s in pt_side for op in OPS[1:]]

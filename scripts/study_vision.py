@@ -3,7 +3,7 @@
     python scripts/study_vision.py --store runs/vision_knobs --workers 2                    # jobs, then report
     python scripts/study_vision.py --store runs/vision_knobs --report-only                # CSV/figures from the store
 
-Preset `synthetic_knobs` (resnet18_cifar width 4, SVHN-format synthetic set, FT classes 8 and 9 built by
+Preset `vision/synthetic_knobs` (resnet18_cifar width 4, SVHN-format synthetic set, FT classes 8 and 9 built by
 `ptft-data synthetic --ground-truth subset|new|dense`, one data root per ground truth: data/vknobs_<gt>;
 --ground-truths picks them, default all three). Knobs one
 at a time around the baseline (kappa = scale = gamma = s = 1): init.kappa, init.scale, ft.readout_scale,
@@ -18,7 +18,7 @@ job still running 5 minutes later is killed (its finished runs stay in the store
 reported as such). Finished runs are skipped: rerunning the command resumes an interrupted study.
 
 Also the bn_recalibrate measurement (issue #9 part 5) on the case documented in docs/vision.md: preset
-demo_synthetic (data/synthetic, `ptft-data synthetic --root data/synthetic --format cifar100
+vision/demo_synthetic (data/synthetic, `ptft-data synthetic --root data/synthetic --format cifar100
 --n-train-per-class 30 --n-test-per-class 100 --distractors 1`), n = 10, s = 0.25, train.lr=0.01,
 bn_recalibrate false / true, and s = 1 as reference.
 
@@ -44,7 +44,7 @@ GTS = ("subset", "new", "dense")
 KNOBS = {"init.kappa": (0.25, 0.5, 1, 2), "init.scale": (0.5, 1, 2), "ft.readout_scale": (0.1, 1, 3),
          "ft.rescale": (0.25, 1)}
 RECAL = "ft.bn_recalibrate=true"  # with every ft.rescale job (see docstring)
-BN_CASE = ["experiment=demo_synthetic", "name=vision_knobs_bn", "train.lr=0.01", "runs.n_ft=[10]",
+BN_CASE = ["experiment=vision/demo_synthetic", "name=vision_knobs_bn", "train.lr=0.01", "runs.n_ft=[10]",
            "runs.seeds=[0,1,2,3,4]"]
 
 
@@ -54,7 +54,7 @@ def _gt(gt: str, root: str) -> list[str]:
 
 def jobs(n_ft: list[int], seeds: list[int], data_dir: str = "data", gts=GTS, bn: bool = True) -> list[list[str]]:
     """One ptft-finetune argument list per job, in priority order (see module docstring)."""
-    common = ["experiment=synthetic_knobs", "name=vision_knobs", f"runs.n_ft=[{','.join(map(str, n_ft))}]",
+    common = ["experiment=vision/synthetic_knobs", "name=vision_knobs", f"runs.n_ft=[{','.join(map(str, n_ft))}]",
               f"runs.seeds=[{','.join(map(str, seeds))}]"]
     first = [["init.kappa=1"], ["init.kappa=0.25"], ["ft.mode=stl"], ["ft.readout_scale=0.1"],
              ["ft.rescale=0.25", RECAL], ["ft.rescale=1", RECAL]]

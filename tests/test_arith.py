@@ -222,19 +222,19 @@ def test_presets_compose_and_validate():
 
     for name in ("modarith_demo", "modarith_cpu", "modarith_relative_scale", "modarith_absolute_scale",
                  "modarith_readout_scale"):
-        cfg = app.compose("finetune", [f"experiment={name}", "seed=3"])
+        cfg = app.compose("finetune", [f"experiment=arith/{name}", "seed=3"])
         validate(cfg)
         assert cfg.name == name and cfg.data.name == "modarith" and cfg.model.name == "transformer"
         assert cfg.pretrain.train.optimizer == cfg.train.optimizer == "adamw"
         assert cfg.train.weight_decay <= 0.01 < cfg.pretrain.train.weight_decay  # FT keeps init scales alive
-    gpu = app.compose("finetune", ["experiment=modarith_relative_scale"])
+    gpu = app.compose("finetune", ["experiment=arith/modarith_relative_scale"])
     assert (gpu.data.p, gpu.model.d_model, gpu.model.n_heads, gpu.model.d_mlp, gpu.data.pt_frac) == (113, 128, 4, 512, 0.3)
     assert gpu.pretrain.train.lr == 1e-3 and gpu.pretrain.train.weight_decay == 1.0
     assert gpu.pretrain.train.max_steps >= 20000
 
 
 def test_gpu_preset_starts_at_a_shrunk_size(tmp_path):
-    cfg = app.compose("finetune", ["experiment=modarith_relative_scale", f"store.root={tmp_path}", "data.p=11",
+    cfg = app.compose("finetune", ["experiment=arith/modarith_relative_scale", f"store.root={tmp_path}", "data.p=11",
                                    "model.d_model=8", "model.d_mlp=16", "pretrain.train.max_steps=5",
                                    "train.max_steps=5", "runs.n_ft=[20]", "runtime.device=cpu", "wandb.mode=disabled"])
     (_, r), = run_finetune(cfg)
@@ -292,7 +292,7 @@ def test_wandb_offline_one_run_per_stage_grouped_by_experiment(tmp_path):
 @pytest.mark.slow  # 3000 full-batch steps (about 40 s on a free core)
 def test_the_demo_pretraining_groks(tmp_path):
     """modarith_demo's PT recipe: train accuracy 1 early, test accuracy >= 0.95 by the end (grokking)."""
-    cfg = app.compose("pretrain", ["experiment=modarith_demo", f"store.root={tmp_path}", "wandb.mode=disabled"])
+    cfg = app.compose("pretrain", ["experiment=arith/modarith_demo", f"store.root={tmp_path}", "wandb.mode=disabled"])
     run, res = run_pretrain(cfg)
     assert res["status"] == "ok" and res["test_acc"] >= 0.95 and res["steps_to_95"] is not None
     rows = [json.loads(ln) for ln in (run.path / "metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""The handwritten-digits study presets (conf/experiment/digits_*.yaml) and its driver (scripts/study_digits.py)."""
+"""The handwritten-digits study presets (conf/experiment/digits/*.yaml) and its driver (scripts/study_digits.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,10 +11,10 @@ from ptft.pipeline.config import validate
 from ptft.pipeline.main import run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = {"digits_relative_scale": ("init.kappa", [0.25, 0.5, 1, 2]),
-           "digits_absolute_scale": ("init.scale", [0.5, 1, 2]),
-           "digits_readout_scale": ("ft.readout_scale", [0.1, 1, 3]),
-           "digits_rescale": ("ft.rescale", [0.25, 1])}
+PRESETS = {"digits/relative_scale": ("init.kappa", [0.25, 0.5, 1, 2]),
+           "digits/absolute_scale": ("init.scale", [0.5, 1, 2]),
+           "digits/readout_scale": ("ft.readout_scale", [0.1, 1, 3]),
+           "digits/rescale": ("ft.rescale", [0.25, 1])}
 
 
 def _sweep(name: str) -> dict:
@@ -36,7 +36,7 @@ def _driver():
 def test_preset_composes_validates_and_follows_the_svhn_protocol(name):
     cfg = app.compose("finetune", [f"experiment={name}", "seed=7"])
     validate(cfg)
-    assert cfg.name == name and cfg.data.name == "svhn" and cfg.data.root == "data/digits"
+    assert cfg.name == name.replace("/", "_") and cfg.data.name == "svhn" and cfg.data.root == "data/digits"
     assert cfg.data.split_seed == cfg.data.sample_seed == cfg.pretrain.seed == 7  # per seed: split, draw, PT
     assert cfg.data.ft_classes == 2 and cfg.data.pt_classes is None               # 8 PT / 2 FT digits
     assert cfg.model.name == "resnet18" and cfg.model.width == 8
@@ -73,20 +73,20 @@ def test_driver_runs_every_preset_value_and_stl():
             key = PRESETS[exp][0]
             ran.setdefault(exp, set()).update(float(v) for a in cmd if a.startswith(key + "=")
                                               for v in a.split("=", 1)[1].split(","))
-    assert ran.pop("stl") == ["digits_relative_scale"]
-    assert 1.0 in ran["digits_relative_scale"]  # the reference (every knob at 1), shared by all four knobs
+    assert ran.pop("stl") == ["digits/relative_scale"]
+    assert 1.0 in ran["digits/relative_scale"]  # the reference (every knob at 1), shared by all four knobs
     for exp, (key, values) in PRESETS.items():
         assert ran[exp] | {1.0} == set(values), exp  # the reference value 1 is run once, in the kappa chain
 
 
 def test_tiny_run_of_a_preset(tmp_path):
-    """digits_rescale at a shrunk size (64 PT images, 1 PT epoch, 2 FT epochs, n_ft 4): trains end to end."""
+    """digits/rescale at a shrunk size (64 PT images, 1 PT epoch, 2 FT epochs, n_ft 4): trains end to end."""
     pytest.importorskip("sklearn", reason="pip install 'ptft[digits]'")
     from ptft.vision import synthetic
 
     root = tmp_path / "digits"
     assert synthetic.main(["digits", "--root", str(root)]) == 0
-    cfg = app.compose("finetune", ["experiment=digits_rescale", f"data.root={root}", f"store.root={tmp_path / 's'}",
+    cfg = app.compose("finetune", ["experiment=digits/rescale", f"data.root={root}", f"store.root={tmp_path / 's'}",
                                    "wandb.mode=disabled", "data.n_pt=64", "pretrain.train.max_epochs=1",
                                    "train.max_epochs=2", "runs.n_ft=[4]", "runs.seeds=[0,1]", "ft.rescale=0.25"])
     done = run_finetune(cfg)

@@ -13,7 +13,7 @@ from ptft.dln.teachers import make_inputs, make_ll_teachers
 from ptft.train.trainer import MAX_RESTARTS, TrainConfig, Trainer
 
 # the preset at a size a test can afford; everything else is the preset's
-TINY = ["experiment=ll_dln_rescale", "dln.dim=60", "dln.k_pt=6", "dln.k_ft=3", "dln.overlap=3", "dln.n_pt=80",
+TINY = ["experiment=dln/ll_rescale", "dln.dim=60", "dln.k_pt=6", "dln.k_ft=3", "dln.overlap=3", "dln.n_pt=80",
         "dln.n_ft=12", "train.max_steps=3000", "train.threshold=1e-8", "dln.seeds=[0,1]", "wandb.mode=disabled"]
 
 
@@ -26,7 +26,7 @@ def test_ll_init_is_c_2e6_lambda_0():
     st = init_state(2e-6, 0.0, (3, 7))
     for f in st:
         np.testing.assert_allclose(f, 1e-3, rtol=1e-12)
-    cfg = app.compose("dln", ["experiment=ll_dln_rescale"])
+    cfg = app.compose("dln", ["experiment=dln/ll_rescale"])
     assert (cfg.dln.c_pt, cfg.dln.lam_pt) == (2e-6, 0.0)
 
 
@@ -73,7 +73,7 @@ def test_sample_counts_replace_alphas_and_old_identities_do_not_move():
     for k in ("teacher", "k_pt", "inputs", "n_ft", "ft_reinit", "w_rescale", "readout_const"):
         assert k not in sci["dln"]  # at their defaults the new keys leave a stored run's hash alone
     assert "restart_on_divergence" not in sci["train"] and "diverge_above" not in sci["train"]
-    ll = scientific(app.compose("dln", ["experiment=ll_dln_rescale"]))
+    ll = scientific(app.compose("dln", ["experiment=dln/ll_rescale"]))
     assert "alpha" not in ll["dln"] and "alpha_pt" not in ll["dln"]  # replaced by n_ft / n_pt
     assert ll["dln"]["n_ft"] == 32 and ll["train"]["restart_on_divergence"] is True
 

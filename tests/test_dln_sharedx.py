@@ -203,7 +203,7 @@ def test_cuda_engine_matches_cpu(tmp_path):
 
 
 def test_panel_presets_hold_the_drivers_points(tmp_path):
-    """experiment=dln_panel_X at one alpha: one job whose configurations are the panel's curves, with the
+    """experiment=dln/panel_X at one alpha: one job whose configurations are the panel's curves, with the
     run directories ptft.analysis.dln_sims uses for those points."""
     from ptft.analysis.dln_sims import job_overrides
     from ptft.analysis.panels import PANELS, curve_config
@@ -211,7 +211,7 @@ def test_panel_presets_hold_the_drivers_points(tmp_path):
     from ptft.train.store import config_hash
 
     for p, (_, curves) in PANELS.items():
-        cfg = app.compose("dln", [f"experiment=dln_panel_{p}", "dln.alpha=0.108", f"store.root={tmp_path}"])
+        cfg = app.compose("dln", [f"experiment=dln/panel_{p}", "dln.alpha=0.108", f"store.root={tmp_path}"])
         got = sorted(config_hash(scientific(c)) for c in member_configs(cfg))
         want = sorted(config_hash(scientific(app.compose("dln", job_overrides(curve_config(c), 0.108, 1000, 5,
                                                                              str(tmp_path)))))

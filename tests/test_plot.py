@@ -185,7 +185,7 @@ def test_real_store_and_sweep(tmp_path: Path, capsys):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(plot.__file__).parents[2]),
                                                          os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    cmd = ["experiment=demo_synthetic", "data.root=data", "store.root=store", "model.width=4",
+    cmd = ["experiment=vision/demo_synthetic", "data.root=data", "store.root=store", "model.width=4",
            "pretrain.train.max_epochs=1", "train.max_epochs=2", "train.threshold=100", "runs.n_ft=[4,8]",
            "runs.seeds=[0,1]", "wandb.mode=disabled"]
     main = [sys.executable, "-c", "from ptft.pipeline.main import finetune_main; finetune_main()"]

@@ -59,8 +59,8 @@ def _import_console_scripts() -> None:
 
 _import_console_scripts()
 PIPELINES = sorted(p.stem for p in app.conf_dir().glob("*.yaml"))
-GROUPS = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in app.conf_dir().iterdir()
-          if p.is_dir() and p.name != "hydra"}
+GROUPS = {p.name: sorted(q.relative_to(p).with_suffix("").as_posix() for q in p.rglob("*.yaml"))
+          for p in app.conf_dir().iterdir() if p.is_dir() and p.name != "hydra"}  # experiment=<track>/<name>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +249,7 @@ def test_every_preset_and_its_whole_sweep_is_accepted_by_a_pipeline(preset):
 
 def test_fast_compose_equals_hydra_compose():
     """app.check's cached compose gives Hydra's config (or Hydra's error) for the same overrides."""
-    cases = [["dln.alpha=0.2", "train.lr=0.1"], ["experiment=dln_panel_b", "dln.dim=300"], ["dln.dim=abc"],
+    cases = [["dln.alpha=0.2", "train.lr=0.1"], ["experiment=dln/panel_b", "dln.dim=300"], ["dln.dim=abc"],
              ["+dln.extra=1"], ["dln.seeds=[1,2]"], ["seed=3", "dln.seeds=null"], ["experiment=nope"]]
     for ov in cases:
         try:

@@ -79,7 +79,7 @@ def test_preset_sweep_values_are_checked(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     seen = []
     monkeypatch.setattr(app, "check", lambda name, ov: seen.append(list(ov)) or app.compose_fast(name, ov))
-    app.precheck("dln", ["-m", "experiment=dln_panel_a", "dln.c_pt=1e-3"])
+    app.precheck("dln", ["-m", "experiment=dln/panel_a", "dln.c_pt=1e-3"])
     alphas = {o for combo in seen for o in combo if o.startswith("dln.alpha=")}
     assert len(alphas) == 11 and all("dln.c_pt=1e-3" in combo for combo in seen)
     assert not any(tmp_path.iterdir())  # the store root was probed, not made

@@ -222,17 +222,17 @@ def test_cli_schema_rejects_unknown_keys_and_types(tmp_path, cli, override, need
 def test_every_preset_composes_and_validates():
     from ptft.pipeline.config import validate
 
-    names = sorted(p.stem for p in (app.conf_dir() / "experiment").glob("*.yaml")
-                   if p.read_text().find("ptft-finetune") >= 0 and "modarith" not in p.stem)
+    names = sorted(p.stem for p in (app.conf_dir() / "experiment" / "vision").glob("*.yaml")
+                   if p.read_text().find("ptft-finetune") >= 0)
     assert {"ll_cifar100_rescale", "cifar100_relative_scale", "cifar100_absolute_scale", "cifar100_readout_scale",
             "demo_synthetic"} <= set(names) and any(n.startswith("svhn_") for n in names)
     for n in names:
-        cfg = app.compose("finetune", [f"experiment={n}", "seed=7"])
+        cfg = app.compose("finetune", [f"experiment=vision/{n}", "seed=7"])
         validate(cfg)
         assert cfg.name == n
         if n != "demo_synthetic":
             assert cfg.data.split_seed == 7 and cfg.pretrain.seed == 7  # per seed its own split and PT (LL)
-    ll = app.compose("finetune", ["experiment=ll_cifar100_rescale"])
+    ll = app.compose("finetune", ["experiment=vision/ll_cifar100_rescale"])
     assert (ll.train.lr, ll.train.momentum, ll.train.threshold, ll.train.max_epochs) == (1e-3, 0.9, 0.01, 1000)
     assert ll.train.batch_size is None and ll.pretrain.train.batch_size == 128 and ll.ft.head == "reuse"
     assert ll.model.name == "resnet18" and ll.model.width == 64 and not ll.train.augment

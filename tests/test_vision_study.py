@@ -1,4 +1,4 @@
-"""The deep-track knob study (scripts/study_vision.py, preset synthetic_knobs): the preset and every job of the
+"""The deep-track knob study (scripts/study_vision.py, preset vision/synthetic_knobs): the preset and every job of the
 driver compose and validate; the driver's job list runs end to end at a shrunk size and its report is written."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ SHRINK = ["model.width=2", "pretrain.train.max_epochs=1", "train.max_epochs=2", 
 
 
 def test_preset_and_every_job_compose_and_validate():
-    cfg = app.compose("finetune", ["experiment=synthetic_knobs", "seed=3"])
+    cfg = app.compose("finetune", ["experiment=vision/synthetic_knobs", "seed=3"])
     validate(cfg)
     assert (cfg.name, cfg.data.name, cfg.model.name, cfg.model.width) == ("synthetic_knobs", "svhn", "resnet18_cifar", 4)
     assert list(cfg.data.ft_class_list) == [8, 9] and cfg.pretrain.seed == cfg.data.split_seed == 3
@@ -32,7 +32,7 @@ def test_preset_and_every_job_compose_and_validate():
     for args in todo:
         validate(app.compose("finetune", args))
     # one pretraining per (kappa, scale, seed): the FT-side jobs add no pretraining setting
-    pt_side = {(a[-1] if a[-1].startswith("init.") else "base") for a in todo if "experiment=synthetic_knobs" in a}
+    pt_side = {(a[-1] if a[-1].startswith("init.") else "base") for a in todo if "experiment=vision/synthetic_knobs" in a}
     assert pt_side >= {"init.kappa=0.25", "init.scale=2", "base"}
 
 

@@ -3,7 +3,7 @@
     ptft-pretrain data.root=data                         # LL: ResNet-18 on 98 CIFAR-100 classes
     ptft-finetune data.root=data 'runs.n_ft=[10,20,50]' 'runs.seeds=[0,1,2]' ft.rescale=0.25
     ptft-finetune data=modarith model=transformer        # the arithmetic track (docs/paper.md section 9)
-    ptft-finetune -m experiment=ll_cifar100_rescale      # a preset's sweep (conf/experiment/)
+    ptft-finetune -m experiment=vision/ll_cifar100_rescale      # a preset's sweep (conf/experiment/)
 
 A track (ptft.pipeline.track: vision or arithmetic, picked by the `data` group; found through its entry
 point, never imported here) plugs in its data, its model with named stages and its trainer Task; everything
