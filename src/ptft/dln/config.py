@@ -31,7 +31,7 @@ class DLNConfig:
     # several configurations as one job: each entry overrides dln.* keys (not seeds/configs), e.g.
     # [{c_pt: 1e-6}, {c_pt: 1e-3, omega: 0.0}]; each gets the run directory of its single job
     configs: Optional[List[Dict[str, Any]]] = None
-    # Lippl & Lindsey's DLN variant (docs/paper.md section 7; preset experiment=ll_dln_rescale)
+    # Lippl & Lindsey's DLN variant (docs/paper.md section 7; preset experiment=dln/ll_rescale)
     teacher: str = "paper"      # paper: rho/omega teachers of section 4 | ll: k_pt / k_ft / overlap +-1/sqrt(k) teachers
     k_pt: int = 40              # teacher=ll: PT support size, values +-1/sqrt(k_pt)
     k_ft: int = 5               # teacher=ll: FT support size, values +-1/sqrt(k_ft)
