@@ -133,10 +133,10 @@ def test_study_end_to_end(tiny):
     import pandas as pd
 
     runs = pd.read_csv(d / "out" / "runs.csv")
-    assert list(runs.columns[:6]) == ["study", "arm", "x", "seed", "replicate", "status"]
+    assert list(runs.columns[:7]) == ["study", "arm", "panel", "x", "seed", "replicate", "status"]
     assert runs.columns.is_unique
     v = pd.read_csv(d / "out" / "verdicts.csv")
-    assert list(v.columns) == ["prediction", "arm", "baseline", "x", "diff", "lo", "hi", "delta", "seeds",
+    assert list(v.columns) == ["prediction", "arm", "baseline", "panel", "x", "diff", "lo", "hi", "delta", "seeds",
                                "replicates", "level", "detectable", "scale", "verdict"]
     assert set(v["verdict"]) <= set(stats.VERDICTS)
     n = int(v["seeds"].iloc[0])

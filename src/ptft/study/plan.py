@@ -24,6 +24,7 @@ class Job:
     args: tuple[str, ...]          # overrides of the app (without store / hydra keys)
     x: Optional[float] = None      # dln: the job's x value (finetune: every x in one job)
     replicate: Any = None
+    panel: Any = None
 
     @property
     def id(self) -> str:
@@ -32,6 +33,8 @@ class Job:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # n_ft = 16, not 16.0 (integer keys)
     return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
@@ -57,7 +60,15 @@ def plan(spec: StudySpec, n_seeds: int, first_seed: int = 0) -> list[Job]:
     if not seeds:
         return []
     reps = list(spec.replicates.values) if spec.replicates.key else [None]
-    common = [*spec.base, f"name={spec.name}"]
+    jobs = []
+    for panel in (list(spec.panel.values) if spec.panel.key else [None]):
+        extra = [] if panel is None else [f"{spec.panel.key}={_fmt(panel)}"]
+        jobs += _plan(spec, seeds, first_seed, n_seeds, reps, [*spec.base, *extra, f"name={spec.name}"], panel)
+    return jobs
+
+
+def _plan(spec: StudySpec, seeds: list, first_seed: int, n_seeds: int, reps: list, common: list, panel: Any
+          ) -> list[Job]:
     jobs = []
     if spec.app == "dln":
         chunks = seed_chunks(spec, first_seed, n_seeds)
@@ -68,7 +79,7 @@ def plan(spec: StudySpec, n_seeds: int, first_seed: int = 0) -> list[Job]:
                         args = [*common, *ov, f"{spec.x.key}={_fmt(x)}", f"dln.seeds={_list(chunk)}"]
                         if rep is not None:
                             args.append(f"{spec.replicates.key}={_fmt(rep)}")
-                        jobs.append(Job(arm, chunk, tuple(args), x=float(x), replicate=rep))
+                        jobs.append(Job(arm, chunk, tuple(args), x=float(x), replicate=rep, panel=panel))
     else:
         nft = _list(int(v) for v in spec.x.values)
         for seed in seeds:
@@ -76,6 +87,7 @@ def plan(spec: StudySpec, n_seeds: int, first_seed: int = 0) -> list[Job]:
                 for rep in reps:
                     args = [*common, *ov, f"runs.n_ft={nft}", f"runs.seeds=[{seed}]"]
                     if rep is not None:
-                        args.append(f"{spec.replicates.key}={_fmt(rep)}")
-                    jobs.append(Job(arm, (seed,), tuple(args), replicate=rep))
+                        val = 1000 * seed + int(rep) if spec.replicates.per_seed else rep
+                        args.append(f"{spec.replicates.key}={_fmt(val)}")
+                    jobs.append(Job(arm, (seed,), tuple(args), replicate=rep, panel=panel))
     return jobs

@@ -26,15 +26,25 @@ def usable(df, spec: StudySpec):
     ok = (df["status"].astype(str) == "ok") & np.isfinite(v)
     if spec.metric.scale == "log":
         ok &= v > 0
-    if "pt_status" in df:
-        ok &= df["pt_status"].isna() | (df["pt_status"].astype(str).isin(["ok", ""]))
+    if spec.pt.status in df:
+        ok &= df[spec.pt.status].isna() | (df[spec.pt.status].astype(str).isin(["ok", ""]))
     out = df[ok].copy()
     out["_y"] = stats.effect(v[ok], spec.metric.scale, spec.metric.better)
     return out
 
 
-def _series(df, arm: str, x: float):
-    sel = df[(df["arm"] == arm) & np.isclose(df["x"].astype(float), x)]
+def panels(spec: StudySpec) -> list[str]:
+    """The panel values as they appear in the table ("" when the study has no panel axis)."""
+    return [str(v) for v in spec.panel.values] if spec.panel.key else [""]
+
+
+def _at(df, arm: str, panel: str, x: float):
+    p = df["panel"].fillna("").astype(str) if "panel" in df else ""
+    return df[(df["arm"] == arm) & (p == panel) & np.isclose(df["x"].astype(float), x)]
+
+
+def _series(df, arm: str, panel: str, x: float):
+    sel = _at(df, arm, panel, x)
     rep = sel["replicate"].fillna("").astype(str) if "replicate" in sel else ""
     return sel.assign(_rep=rep).set_index(["seed", "_rep"])["_y"]
 
@@ -51,14 +61,13 @@ def verdict_rows(df, spec: StudySpec) -> list[dict]:
     out = []
     for pr in spec.predictions:
         base = pr.baseline or spec.baseline
-        for x in spec.x.values:
-            if (pr.x_min is not None and x < pr.x_min) or (pr.x_max is not None and x > pr.x_max):
-                continue
-            d = stats.paired_per_seed(_series(use, pr.arm, x), _series(use, base, x))
+        xs = [x for x in spec.x.values if (pr.x_min is None or x >= pr.x_min) and (pr.x_max is None or x <= pr.x_max)]
+        for panel, x in ((p, x) for p in panels(spec) for x in xs):
+            d = stats.paired_per_seed(_series(use, pr.arm, panel, x), _series(use, base, panel, x))
             j = stats.judge(d.to_numpy(), pr.delta, pr.expect, lev)
-            reps = use[(use["arm"] == pr.arm) & np.isclose(use["x"].astype(float), x)].groupby("seed").size()
+            reps = _at(use, pr.arm, panel, x).groupby("seed").size()
             out.append({"prediction": f"{pr.arm} {pr.expect} than {base}", "arm": pr.arm, "baseline": base,
-                        "x": x, "diff": j["diff"], "lo": j["lo"], "hi": j["hi"], "delta": pr.delta,
+                        "panel": panel, "x": x, "diff": j["diff"], "lo": j["lo"], "hi": j["hi"], "delta": pr.delta,
                         "seeds": j["seeds"], "replicates": int(reps.max()) if len(reps) else 0,
                         "level": lev, "detectable": j["detectable"], "scale": spec.metric.scale,
                         "verdict": j["verdict"]})
@@ -72,22 +81,45 @@ def summary_rows(df, spec: StudySpec) -> list[dict]:
 
     use = usable(df, spec)
     out = []
-    for arm in spec.arms:
-        for x in spec.x.values:
-            allr = df[(df["arm"] == arm) & np.isclose(df["x"].astype(float), x)]
-            sel = use[(use["arm"] == arm) & np.isclose(use["x"].astype(float), x)]
-            y = pd.to_numeric(sel[spec.metric.name], errors="coerce")
-            log = spec.metric.scale == "log"  # geometric mean and its interval, from the logs
-            yv = np.log(y) if log else y
-            per_seed = yv.groupby(sel["seed"]).mean()
-            m, lo, hi = (np.exp(v) if log else v for v in stats.interval(per_seed.to_numpy(), 0.95))
-            between, within = stats.variance_split(yv.to_numpy(), sel["seed"].to_numpy())
-            row = {"arm": arm, "x": x, "runs": len(allr), "usable": len(sel), "seeds": len(per_seed),
-                   "mean": m, "ci95_lo": lo, "ci95_hi": hi, "var_between_seeds": between,
-                   "var_between_replicates": within}
-            if "pt_status" in allr:
-                row["pt_met"] = int(allr["pt_status"].astype(str).eq("ok").sum())
-            out.append(row)
+    for panel, arm, x in ((p, a, x) for p in panels(spec) for a in spec.arms for x in spec.x.values):
+        allr, sel = _at(df, arm, panel, x), _at(use, arm, panel, x)
+        y = pd.to_numeric(sel[spec.metric.name], errors="coerce")
+        log = spec.metric.scale == "log"  # geometric mean and its interval, from the logs
+        yv = np.log(y) if log else y
+        per_seed = yv.groupby(sel["seed"]).mean()
+        m, lo, hi = (np.exp(v) if log else v for v in stats.interval(per_seed.to_numpy(), 0.95))
+        between, within = stats.variance_split(yv.to_numpy(), sel["seed"].to_numpy())
+        row = {"arm": arm, "panel": panel, "x": x, "runs": len(allr), "usable": len(sel), "seeds": len(per_seed),
+               "mean": m, "ci95_lo": lo, "ci95_hi": hi, "var_between_seeds": between,
+               "var_between_replicates": within}
+        if spec.pt.status in allr:
+            row["pt_met"] = int(allr[spec.pt.status].astype(str).eq("ok").sum())
+        out.append(row)
+    return out
+
+
+def pt_rows(df, spec: StudySpec) -> list[dict]:
+    """Per (arm, panel): the pretrainings behind the fine-tunings (one per seed): how many met the criterion,
+    steps taken (mean and 95% interval over seeds) and the quality reached. Empty without PT columns."""
+    import pandas as pd
+
+    if spec.pt.status not in df:
+        return []
+    out = []
+    for panel, arm in ((p, a) for p in panels(spec) for a in spec.arms):
+        p = df["panel"].fillna("").astype(str) if "panel" in df else ""
+        sel = df[(df["arm"] == arm) & (p == panel)].drop_duplicates("seed")
+        sel = sel[sel[spec.pt.status].notna() & (sel[spec.pt.status].astype(str) != "")]
+        if sel.empty:
+            continue
+        steps = pd.to_numeric(sel.get(spec.pt.steps), errors="coerce") if spec.pt.steps in sel else None
+        qual = pd.to_numeric(sel.get(spec.pt.quality), errors="coerce") if spec.pt.quality in sel else None
+        m, lo, hi = stats.interval(steps.dropna().to_numpy()) if steps is not None else (math.nan,) * 3
+        out.append({"arm": arm, "panel": panel, "pt_seeds": len(sel),
+                    "pt_met": int(sel[spec.pt.status].astype(str).eq("ok").sum()),
+                    "pt_steps_mean": m, "pt_steps_ci95_lo": lo, "pt_steps_ci95_hi": hi,
+                    "pt_quality_mean": float(qual.mean()) if qual is not None else math.nan,
+                    "pt_quality_min": float(qual.min()) if qual is not None else math.nan})
     return out
 
 
@@ -112,16 +144,17 @@ def figure(df, spec: StudySpec, verdicts: list[dict], out: Path) -> None:
     summ = summary_rows(df, spec)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     ax = axes[0]
-    for arm in spec.arms:
-        r = [s for s in summ if s["arm"] == arm and s["seeds"]]
+    for arm, panel in ((a, p) for p in panels(spec) for a in spec.arms):
+        r = [s for s in summ if s["arm"] == arm and s["panel"] == panel and s["seeds"]]
         if not r:
             continue
+        label = arm + (" (baseline)" if arm == spec.baseline else "") + (f", {spec.panel.key}={panel}" if panel else "")
         x = np.array([s["x"] for s in r])
         m = np.array([s["mean"] for s in r])
         lo = np.array([s["ci95_lo"] for s in r])
         hi = np.array([s["ci95_hi"] for s in r])
         err = np.nan_to_num(np.vstack([m - lo, hi - m]))
-        ax.errorbar(x, m, yerr=err, marker="o", capsize=3, label=arm + (" (baseline)" if arm == spec.baseline else ""))
+        ax.errorbar(x, m, yerr=err, marker="o", capsize=3, label=label)
     ax.set_xlabel(spec.x.key)
     mean = "geometric mean" if spec.metric.scale == "log" else "mean"
     ax.set_ylabel(f"{spec.metric.name} ({mean} over seeds, 95% CI)")
@@ -129,12 +162,12 @@ def figure(df, spec: StudySpec, verdicts: list[dict], out: Path) -> None:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax = axes[1]
-    for name in dict.fromkeys(v["prediction"] for v in verdicts):
-        r = [v for v in verdicts if v["prediction"] == name]
+    for name, panel in dict.fromkeys((v["prediction"], v["panel"]) for v in verdicts):
+        r = [v for v in verdicts if v["prediction"] == name and v["panel"] == panel]
         x = np.array([v["x"] for v in r])
         m = np.array([v["diff"] for v in r])
         err = np.nan_to_num(np.vstack([m - np.array([v["lo"] for v in r]), np.array([v["hi"] for v in r]) - m]))
-        ax.errorbar(x, m, yerr=err, marker="s", capsize=3, label=name)
+        ax.errorbar(x, m, yerr=err, marker="s", capsize=3, label=name + (f", {spec.panel.key}={panel}" if panel else ""))
     deltas = {v["delta"] for v in verdicts}
     for d in deltas:
         ax.axhspan(-d, d, color="0.9", zorder=0)
@@ -152,6 +185,17 @@ def figure(df, spec: StudySpec, verdicts: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def pt_section(df, spec: StudySpec) -> list[str]:
+    rows = pt_rows(df, spec)
+    if not rows:
+        return []
+    return ["## Pretraining", "",
+            f"One pretraining per (arm, seed): `pt_met` = how many met the PT criterion (`{spec.pt.status}` = ok); "
+            "only fine-tunings from those enter the comparisons above. Steps to the criterion: mean and 95% interval "
+            "over seeds; a knob that slows pretraining is a finding, not a confound.", "",
+            md_table(rows, list(rows[0])), ""]
+
+
 def write(df, spec: StudySpec, out: Path, command: str, runtime: Optional[str] = None) -> list[Path]:
     """Write summary.csv, verdicts.csv, figure.png and README.md into `out`; returns the paths."""
     import pandas as pd
@@ -161,7 +205,7 @@ def write(df, spec: StudySpec, out: Path, command: str, runtime: Optional[str] =
     summ = summary_rows(df, spec)
     paths = [out / "summary.csv", out / "verdicts.csv", out / "figure.png", out / "README.md"]
     atomic_write_text(paths[0], pd.DataFrame(summ).to_csv(index=False, lineterminator="\n", float_format="%.6g"))
-    vcols = ["prediction", "arm", "baseline", "x", "diff", "lo", "hi", "delta", "seeds", "replicates", "level",
+    vcols = ["prediction", "arm", "baseline", "panel", "x", "diff", "lo", "hi", "delta", "seeds", "replicates", "level",
              "detectable", "scale", "verdict"]
     atomic_write_text(paths[1], pd.DataFrame(verdicts, columns=vcols).to_csv(
         index=False, lineterminator="\n", float_format="%.6g"))
@@ -178,7 +222,7 @@ def write(df, spec: StudySpec, out: Path, command: str, runtime: Optional[str] =
             f"+ means the arm is better; [lo, hi] its Student-t interval at level {100 * level(spec):.2f}% (5% split "
             f"over {len(looks(spec.seeds))} planned looks, Bonferroni); `detectable` = the smallest effect these seeds "
             f"would detect with 80% power. Verdict words: docs/studies.md.", "",
-            md_table(verdicts, ["prediction", "x", "diff", "lo", "hi", "delta", "seeds", "replicates", "detectable",
+            md_table(verdicts, ["prediction", *(["panel"] if spec.panel.key else []), "x", "diff", "lo", "hi", "delta", "seeds", "replicates", "detectable",
                                 "verdict"]), "",
             "## Per arm", "",
             f"{'Geometric mean' if spec.metric.scale == 'log' else 'Mean'} of `{spec.metric.name}` over seeds (95% t "
@@ -187,6 +231,7 @@ def write(df, spec: StudySpec, out: Path, command: str, runtime: Optional[str] =
             "between PT seeds vs between FT replicates of a seed" + (" (of the logs)" if spec.metric.scale == "log"
                                                                      else "") + ".", "",
             md_table(summ, list(summ[0]) if summ else []), "",
+            *pt_section(df, spec),
             "![figure](figure.png)", ""]
     atomic_write_text(paths[3], "\n".join(text))
     return paths

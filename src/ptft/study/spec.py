@@ -4,6 +4,7 @@
     description: one line, the claim under test
     base: [dln.dim=200, dln.omega=1]       # overrides of every run
     x: {key: dln.alpha, values: [0.1, 0.3]} # the x-axis (finetune: runs.n_ft, the values are n_ft)
+    panel: {key: dln.overlap, values: [5, 0]}   # optional: a second axis, arms compared within each value
     arms: {rich: [dln.lam_pt=-0.99], lazy: [dln.lam_pt=0]}   # each arm's overrides
     baseline: lazy                   # the arm every other arm is compared with (paired by seed)
     metric: {name: test_mse, better: lower, scale: log}
@@ -38,6 +39,13 @@ class XAxis:
 
 
 @dataclass
+class Panel:
+    """An optional second axis (e.g. the FT task): arms are compared within each panel value."""
+    key: Optional[str] = None
+    values: List[Any] = field(default_factory=list)
+
+
+@dataclass
 class Metric:
     name: str = MISSING          # a column of the runs table (test_mse, test_acc, ...)
     better: str = "lower"        # lower | higher
@@ -54,8 +62,18 @@ class Seeds:
 
 @dataclass
 class Replicates:
-    key: Optional[str] = None    # a config key drawn anew per replicate (e.g. the FT data draw)
+    key: Optional[str] = None    # a config key drawn anew per replicate (e.g. data.sample_seed, the FT data draw)
     values: List[Any] = field(default_factory=list)
+    per_seed: bool = False       # integer values r: the key is set to 1000 * seed + r (a fresh draw per PT seed)
+
+
+@dataclass
+class PTColumns:
+    """The runs table's columns about each run's pretraining (fine-tuning studies): runs whose PT did not meet
+    its criterion are left out of the comparisons and counted per arm; steps to the criterion are reported."""
+    status: str = "pt_status"    # ok = the PT criterion was met
+    steps: str = "pt_steps"
+    quality: str = "pt_quality"
 
 
 @dataclass
@@ -83,12 +101,14 @@ class StudySpec:
     description: str = MISSING
     base: List[str] = field(default_factory=list)
     x: XAxis = field(default_factory=XAxis)
+    panel: Panel = field(default_factory=Panel)
     arms: Any = MISSING          # {name: [overrides]} (ordered)
     baseline: str = MISSING
     metric: Metric = field(default_factory=Metric)
     seeds: Seeds = field(default_factory=Seeds)
     replicates: Replicates = field(default_factory=Replicates)
     predictions: List[Prediction] = field(default_factory=list)
+    pt: PTColumns = field(default_factory=PTColumns)
     alpha: float = 0.05          # family error per prediction row, split over the looks (Bonferroni)
     workers: int = 2
     check: Check = field(default_factory=Check)
@@ -157,8 +177,14 @@ def validate(s: StudySpec, where: Any = "spec") -> None:
         bad("metric.scale", "linear or log")
     if not (1 <= s.seeds.first <= s.seeds.max) or s.seeds.batch < 1 or s.seeds.per_job < 0:
         bad("seeds", "need 1 <= first <= max, batch >= 1, per_job >= 0")
+    if s.panel.key is not None and not s.panel.values:
+        bad("panel.values", "give the values of panel.key")
     if s.replicates.key is not None and not s.replicates.values:
         bad("replicates.values", "give the values of replicates.key")
+    if s.replicates.per_seed and not all(isinstance(v, int) and 0 <= v < 1000 for v in s.replicates.values):
+        bad("replicates.values", "with per_seed, integers in [0, 1000)")
+    if s.replicates.per_seed and s.app != "finetune":
+        bad("replicates.per_seed", "needs the finetune app (one PT seed per job)")
     if not 0 < s.alpha < 1:
         bad("alpha", "in (0, 1)")
     if s.workers < 1:

@@ -17,7 +17,7 @@ from ptft.study.plan import Job
 from ptft.study.runner import job_dir, run_dirs_of
 from ptft.study.spec import StudySpec
 
-FIRST = ("study", "arm", "x", "seed", "replicate", "status")
+FIRST = ("study", "arm", "panel", "x", "seed", "replicate", "status")
 DROP = ("run_dir", "job_dir", "prov_host", "prov_start", "prov_end")
 
 
@@ -41,11 +41,14 @@ def rows(spec: StudySpec, jobs: Sequence[Job], store: Path) -> list[dict]:
                 seed = r.get("seed")
                 if seed in (None, "") or int(seed) not in job.seeds:
                     continue
-                row = {"study": spec.name, "arm": job.arm, "x": _x_of(spec, job, r), "seed": int(seed),
+                row = {"study": spec.name, "arm": job.arm, "panel": "" if job.panel is None else job.panel,
+                       "x": _x_of(spec, job, r), "seed": int(seed),
                        "replicate": "" if job.replicate is None else job.replicate}
                 row.update({k: v for k, v in r.items() if k not in DROP and k not in row})
                 out.append(row)
-    out.sort(key=lambda r: (list(spec.arms).index(r["arm"]), r["x"], r["seed"], str(r["replicate"])))
+    pan = [str(v) for v in spec.panel.values]
+    out.sort(key=lambda r: (pan.index(str(r["panel"])) if str(r["panel"]) in pan else -1,
+                            list(spec.arms).index(r["arm"]), r["x"], r["seed"], str(r["replicate"])))
     return out
 
 
@@ -57,7 +60,7 @@ def write(rows_: Sequence[dict], path: Path) -> None:
 def read(path: Path):
     import pandas as pd
 
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"replicate": str})
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"replicate": str, "panel": str})
 
 
 def to_frame(rows_: Sequence[dict]):
