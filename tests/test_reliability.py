@@ -239,7 +239,7 @@ def test_damaged_artifact_is_detected_by_its_recorded_sha256(tmp_path, capsys):
     with run.lock():
         run.write_config("a: 1\n")
         store.atomic_write_bytes(run.file("model.pt"), b"weights" * 100)
-        run.write_result({"status": "ok"})
+        run.write_result({"status": "ok", "steps": 1, "epochs": 1, "train_loss": 0.5})  # a valid pretrain result
     assert run.finished
     assert json.loads(run.file("result.json").read_text())["provenance"]["files"]["model.pt"] == \
         store.sha256_file(run.file("model.pt"))

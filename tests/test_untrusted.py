@@ -3,16 +3,26 @@ code, a damaged run-store file never strands a run, an invalid result is never s
 is lost, an oversized request is refused before it allocates, and each of these ends in one line."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
+import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ptft import ConfigError
+from ptft import ConfigError, app
+from ptft.dln.main import run_job
+from ptft.log.logger import Logger, WandbConfig
+from ptft.pipeline.main import run_finetune, run_pretrain
+from ptft.train import store
+from ptft.train.store import StoreError
+from ptft.train.trainer import Preempted, Trainer
 from ptft.vision import synthetic
 from ptft.vision.data import load_split
 
@@ -140,3 +150,205 @@ def test_svhn_labels_out_of_range_reject_the_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_split("svhn", str(root), train=False)
     assert str(path) in str(e.value) and "outside 0..10 (e.g. 150)" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# tiny runs of two tracks, and a preempted (killed) run's state
+# ------------------------------------------------------------------------------------------------
+DLN = ["dln.dim=20", "dln.alpha=0.5", "wandb.mode=disabled", "train.log_every=1"]
+ARITH = ["data=modarith", "model=transformer", "data.p=13", "data.pt_frac=0.5", "model.d_model=16",
+         "model.n_heads=2", "model.d_mlp=32", "wandb.mode=disabled", "runtime.device=cpu",
+         "pretrain.train.max_steps=30", "train.max_steps=30", "train.log_every=1", "pretrain.train.log_every=1",
+         "data.n_ft=40"]
+
+
+def dln_cfg(root: Path, *ov: str):
+    return app.compose("dln", [f"store.root={root}", *DLN, *ov])
+
+
+def arith_cfg(root: Path, *ov: str, stage: str = "finetune"):
+    return app.compose(stage, [f"store.root={root}", *ARITH, *ov])
+
+
+def science(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("provenance", "resumed")}
+
+
+def preempt(monkeypatch, job, stage: str, at: int = 8) -> None:
+    """Run `job()` with SIGUSR1 arriving at step `at` of its `stage` run: the trainer writes a checkpoint
+    and raises Preempted, leaving what a killed job leaves (checkpoint, metrics.jsonl, no result)."""
+    orig = Logger.log
+
+    def log(self, step, metrics):
+        orig(self, step, metrics)
+        if step == at and self.run_dir.parent.name == stage:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(Logger, "log", log)
+    with pytest.raises(Preempted):
+        job()
+    monkeypatch.setattr(Logger, "log", orig)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. runs stranded by a damaged file recover by themselves
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tail", [b'{"step": 9, "train_lo', b"\xff\xfe\x00garbage\n", b"[1, 2]\n",
+                                  b'{"no_step": 1}\n', b'{"step": "9"}\n'])
+def test_damaged_metrics_lines_are_dropped_on_resume(tmp_path, monkeypatch, capsys, tail):
+    ref_run, ref = run_job(dln_cfg(tmp_path / "ref"))
+    preempt(monkeypatch, lambda: run_job(dln_cfg(tmp_path / "st")), "dln")
+    path = tmp_path / "st" / "dln" / ref_run.hash
+    m = path / "metrics.jsonl"
+    m.write_bytes(m.read_bytes() + tail)
+    capsys.readouterr()
+    run, res = run_job(dln_cfg(tmp_path / "st"))
+    assert science(res) == science(ref)
+    assert m.read_bytes() == (ref_run.path / "metrics.jsonl").read_bytes()  # as if never interrupted
+    assert "metrics.jsonl" in capsys.readouterr().out and list(path.glob("metrics.jsonl.damaged-*"))
+
+
+def test_metrics_truncation_is_atomic(tmp_path, monkeypatch):
+    """A full disk during the resume's rewrite of metrics.jsonl leaves the file as it was (StoreError)."""
+    m = tmp_path / "metrics.jsonl"
+    m.write_text("".join(json.dumps({"step": s, "loss": 1 / (s + 1)}) + "\n" for s in range(20)))
+    before = m.read_bytes()
+
+    def full(path, data):
+        raise store._store_error(Path(path), OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(store, "_write_temp", full)
+    with pytest.raises(StoreError, match="no space left"):
+        Logger(tmp_path, {}, WandbConfig(mode="disabled"), stage="s", group="g", name="n", resume_step=5)
+    assert m.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "directory"])
+def test_damaged_start_state_is_rebuilt_from_the_seed(tmp_path, monkeypatch, capsys, damage):
+    ref = run_finetune(arith_cfg(tmp_path / "ref"))[0][1]
+    cfg = arith_cfg(tmp_path / "st")
+    preempt(monkeypatch, lambda: run_finetune(cfg), "finetune")
+    start = next((tmp_path / "st" / "finetune").glob("*/checkpoint.start.pt"))
+    assert (start.parent / "checkpoint.pt").exists()
+    start.unlink()
+    if damage == "garbage":
+        start.write_bytes(b"PK\x03\x04 garbage")
+    elif damage == "directory":
+        start.mkdir()
+    capsys.readouterr()
+    res = run_finetune(cfg)[0][1]
+    assert science(res) == science(ref)  # param_norm_start included: the same start state
+    assert "checkpoint.start.pt" in capsys.readouterr().out
+
+
+def test_garbage_pt_end_state_is_moved_aside_and_retrained(tmp_path, capsys):
+    ov = ("dln.pt=train", "dln.alpha_pt=1.5")
+    run, ref = run_job(dln_cfg(tmp_path, *ov))
+    pt = next((tmp_path / "dln_pt").glob("*/seed0.pt"))
+    pt.write_bytes(b"garbage")
+    run.file("result.json").unlink()  # the fine-tuning runs again and needs its PT
+    capsys.readouterr()
+    _, res = run_job(dln_cfg(tmp_path, *ov))
+    assert science(res) == science(ref)
+    assert list(pt.parent.glob("seed0.pt.damaged-*")) and "seed0.pt" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00", b"", b"../../etc\n", b"a" * 200, "directory"])
+def test_damaged_wandb_id_gets_a_new_one(tmp_path, capsys, content):
+    from ptft.log.logger import wandb_run_id
+
+    f = tmp_path / "wandb_id.txt"
+    f.mkdir() if content == "directory" else f.write_bytes(content)
+    rid = wandb_run_id(tmp_path)
+    assert re.fullmatch(r"[0-9a-z]{8}", rid) and f.read_text() == rid
+    assert wandb_run_id(tmp_path) == rid  # a resumed job continues the same wandb run
+    assert "wandb_id.txt" in capsys.readouterr().out
+
+
+def test_invalid_utf8_wandb_id_resumes_a_killed_run(tmp_path, monkeypatch):
+    ref_run, ref = run_job(dln_cfg(tmp_path / "ref"))
+    ov = ("wandb.mode=offline",)
+    preempt(monkeypatch, lambda: run_job(dln_cfg(tmp_path / "st", *ov)), "dln")
+    path = tmp_path / "st" / "dln" / ref_run.hash
+    (path / "wandb_id.txt").write_bytes(b"\xff\xfe\xfd")
+    _, res = run_job(dln_cfg(tmp_path / "st", *ov))
+    assert science(res) == science(ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. an invalid result is never served: moved aside, the run runs again
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("edit", [lambda r: {}, lambda r: {**r, "test_mse": "banana"},
+                                  lambda r: {**r, "status": 3}, lambda r: {**r, "steps": "many"},
+                                  lambda r: {**r, "members": "x"}, lambda r: {**r, "train_mse": True}])
+def test_invalid_dln_result_is_moved_aside_and_rerun(tmp_path, capsys, edit):
+    run, ref = run_job(dln_cfg(tmp_path))
+    run.file("result.json").write_text(json.dumps(edit(json.loads(run.file("result.json").read_text()))))
+    capsys.readouterr()
+    _, res = run_job(dln_cfg(tmp_path))
+    assert science(res) == science(ref) and list(run.path.glob("result.json.damaged-*"))
+    assert "result.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit", [lambda r: {**r, "test_acc": "banana"}, lambda r: {"status": "ok"}])
+def test_invalid_finetune_result_is_moved_aside_and_rerun(tmp_path, edit):
+    run, ref = run_finetune(arith_cfg(tmp_path))[0]
+    run.file("result.json").write_text(json.dumps(edit(json.loads(run.file("result.json").read_text()))))
+    _, res = run_finetune(arith_cfg(tmp_path))[0]
+    assert science(res) == science(ref) and list(run.path.glob("result.json.damaged-*"))
+
+
+def test_aggregate_never_lists_an_invalid_result_as_ok(tmp_path):
+    from ptft.analysis.aggregate import collect
+
+    run, _ = run_job(dln_cfg(tmp_path))
+    for bad in ({}, {"status": "ok", "test_mse": "banana", "steps": 3, "train_mse": 0.1}):
+        run.file("result.json").write_text(json.dumps(bad))
+        (row,) = collect(tmp_path)
+        assert row["status"] == "unreadable" and "result.json" in row["error"]
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. nothing finished is lost
+# ------------------------------------------------------------------------------------------------
+def _boom(*a, **k):
+    raise RuntimeError("the rerun failed")
+
+
+def test_force_keeps_the_old_result_until_the_new_one_is_written(tmp_path, monkeypatch):
+    run, ref = run_job(dln_cfg(tmp_path))
+    old = run.file("result.json").read_bytes()
+    monkeypatch.setattr(Trainer, "run", _boom)
+    with pytest.raises(RuntimeError, match="the rerun failed"):
+        run_job(dln_cfg(tmp_path, "force=true"))
+    assert run.file("result.json").read_bytes() == old
+    monkeypatch.undo()
+    assert science(run_job(dln_cfg(tmp_path))[1]) == science(ref)  # still served
+    _, res = run_job(dln_cfg(tmp_path, "force=true"))  # a rerun that succeeds replaces it
+    assert science(res) == science(ref) and run.file("result.json").read_bytes() != old
+
+
+def test_force_keeps_the_pretrained_model_until_the_new_one_is_written(tmp_path, monkeypatch):
+    run, ref = run_pretrain(arith_cfg(tmp_path, stage="pretrain"))
+    old = {f: run.file(f).read_bytes() for f in ("result.json", "model.pt")}
+    monkeypatch.setattr(Trainer, "run", _boom)
+    with pytest.raises(RuntimeError):
+        run_pretrain(arith_cfg(tmp_path, "force=true", stage="pretrain"))
+    monkeypatch.undo()
+    assert {f: run.file(f).read_bytes() for f in old} == old and run.finished
+
+
+@pytest.mark.parametrize("out", ["t.csv", "t.png"])
+def test_plot_refuses_an_output_that_is_an_input(tmp_path, monkeypatch, capsys, out):
+    from ptft.analysis import plot
+
+    monkeypatch.chdir(tmp_path)
+    run_finetune(arith_cfg(tmp_path / "st"))
+    from ptft.analysis.aggregate import collect, to_csv
+
+    to_csv(collect(tmp_path / "st"), tmp_path / "t.csv")
+    before = (tmp_path / "t.csv").read_bytes()
+    code = plot.main(["t.csv", "--hue", "init.kappa", "--out", out])
+    err = capsys.readouterr().err
+    assert code == 2 and "t.csv" in err and "input" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "t.csv").read_bytes() == before

@@ -7,8 +7,10 @@ One row per run; a batched job (result.json with a `members` list, one per seed)
 per member, the member's keys (seed, metrics) overriding the job's. Columns:
 
 * `status`: the run's status (ok | diverged | max_steps | ...), "incomplete" for a run directory
-  without result.json (killed, still running, failed) and "unreadable" for a corrupt result;
-  such runs are listed, never dropped.
+  without result.json (killed, still running, failed) and "unreadable" for a corrupt or invalid
+  result (no status, a metric that is not a number: ptft.train.store.result_problem, reason in
+  `error`); such runs are listed, never dropped. Config files are read size-capped and without YAML
+  aliases (ptft.train.store.load_yaml).
 * the metrics of result.json (steps, train_mse, test_mse, ...), as written by the pipeline;
 * the config, flattened to dotted keys (dln.lam_pt, train.lr, seed, ...), without the
   non-scientific sections (store, wandb, hydra, force); lists become JSON text;
@@ -64,9 +66,12 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """A stored config (ptft.train.store.load_yaml: size-capped, no aliases), or {} if unreadable."""
+    from ptft.train.store import load_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: undecodable bytes
+        data = load_yaml(path)
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: undecodable bytes, too large
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -102,10 +107,13 @@ def run_rows(run_dir: Path, job_dir: Optional[Path] = None) -> list[dict[str, An
     res_path = run_dir / RESULT
     if not res_path.exists():
         return [{**base, "status": INCOMPLETE}]
+    from ptft.train.store import result_problem
+
     try:
-        result = json.loads(res_path.read_text())
-        if not isinstance(result, dict):
-            raise ValueError("result.json is not an object")
+        result = json.loads(res_path.read_bytes())
+        problem = result_problem(base["stage"], result, complete=False)
+        if problem:
+            raise ValueError(f"result.json is invalid: {problem}")
     except (OSError, ValueError) as e:
         return [{**base, "status": UNREADABLE, "error": f"{type(e).__name__}: {e}"}]
     members = result.pop("members", None)
@@ -132,7 +140,10 @@ def _pointed_runs(job_dir: Path, submitit_runs: dict[int, Path]) -> list[Path]:
     job made), else the submitit log."""
     ptr = job_dir / POINTER
     if ptr.is_file():
-        lines = [ln.strip() for ln in ptr.read_text().splitlines() if ln.strip()]
+        try:
+            lines = [ln.strip() for ln in ptr.read_text().splitlines() if ln.strip()]
+        except (OSError, ValueError):  # unreadable or not text: found through the submitit log or the config
+            lines = []
         if lines:
             return [Path(t) if os.path.isabs(t) else job_dir / t for t in lines]
     run = submitit_runs.get(int(job_dir.name)) if job_dir.name.isdigit() else None
@@ -321,8 +332,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if missing:
         print(f"ptft-aggregate: error: no such path: {', '.join(missing)}", file=sys.stderr)
         return 2
+    from ptft.train.store import StoreError
+
     rows = collect(args.paths)
-    text = to_csv(rows, args.out)
+    try:
+        text = to_csv(rows, args.out)
+    except StoreError as e:
+        print(f"ptft-aggregate: error: {e}", file=sys.stderr)
+        return 1
     if args.out is None:
         sys.stdout.write(text)
     counts: dict[str, int] = {}

@@ -503,6 +503,20 @@ def figure_format(out: Path) -> str:
     return fmt_
 
 
+def check_outputs(outputs: Sequence[Path], inputs: Sequence[str | Path]) -> None:
+    """PlotError if an output would overwrite an input (the same file, or a file inside an input directory)
+    or is a directory: nothing is written then."""
+    ins = [Path(p).resolve() for p in inputs]
+    for o in map(Path, outputs):
+        r = o.resolve()
+        hit = next((i for i in ins if r == i or i in r.parents), None)
+        if hit is not None:
+            raise PlotError(f"--out would write {o}, which {'is' if r == hit else 'is inside'} the input {hit}; "
+                            f"choose an --out whose FILE, FILE.csv and FILE.md are not inputs")
+        if o.is_dir():
+            raise PlotError(f"--out would write {o}, which is a directory; give a file name")
+
+
 def write(s: Summary, out: Path) -> list[Path]:
     """FILE (the figure), FILE.csv and FILE.md, each written atomically, the figure rendered first."""
     from ptft.train.store import atomic_write_bytes, atomic_write_text
@@ -538,8 +552,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--stages", metavar="PREFIX", help="per-stage diagnostics PREFIX/<stage> (e.g. diag/movement) "
                     "against the --hue value, one line per stage, one row of panels per n_ft")
     args = ap.parse_args(argv)
+    from ptft.train.store import StoreError
+
+    out = Path(args.out)
     try:
-        figure_format(Path(args.out))
+        check_outputs([out, out.with_suffix(".csv")] + ([] if args.stages else [out.with_suffix(".md")]), args.paths)
+        figure_format(out)
         if args.stages:
             stages = stage_summaries(load(args.paths), args.hue, args.stages, panel=args.panel, where=args.where,
                                      ok=tuple(args.ok.split(",")))
@@ -554,7 +572,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for w in s.warnings:
             print(f"ptft-plot: warning: {w}", file=sys.stderr)
         paths = write(s, Path(args.out))
-    except PlotError as e:
+    except (PlotError, StoreError) as e:
         print(f"ptft-plot: error: {e}", file=sys.stderr)
         return 2
     n_stl = sum(p.n for p in s.points if p.hue is STL)

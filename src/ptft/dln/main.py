@@ -12,11 +12,12 @@ A finished run is not trained again (force=true reruns it); a killed run resumes
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-import filelock
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -27,13 +28,30 @@ from ptft.dln.model import DLNState, invariants
 from ptft.dln.model import beta as beta_of
 from ptft.dln.task import DLNTask, member_data, pt_data, start_state, test_mse
 from ptft.log import Logger, progress
-from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json, previous_checkpoint, read_checkpoint, write_checkpoint
+from ptft.train.store import (DamagedFile, RunDir, atomic_write_bytes, atomic_write_json, file_lock, move_aside,
+                              previous_checkpoint, read_checkpoint, write_checkpoint)
 from ptft.train.trainer import Trainer, train_identity
 
 app.register("dln_schema", DLNApp)
 app.register_validator("dln", validate)
 
 STATUS = {"converged": "ok"}  # trainer status -> result status (diverged, max_steps stay as they are)
+
+
+def _pt_state_ok(path: Path, dim: int) -> bool:
+    """Whether a stored PT end state (seed<N>.pt) can be used; a damaged one is moved aside with one line
+    (and trained again)."""
+    if not os.path.lexists(path):
+        return False
+    try:
+        st = read_checkpoint(path)
+        bad = [k for k in (*DLNState._fields, "status", "steps", "train_mse") if k not in st]
+        if bad or any(not isinstance(st[k], torch.Tensor) or tuple(st[k].shape) != (dim,) for k in DLNState._fields):
+            raise DamagedFile(f"not a PT end state of dimension {dim}")
+        return True
+    except DamagedFile as e:
+        print(f"[ptft] {path} is damaged ({e}); moved to {move_aside(path).name}; pretraining it again", flush=True)
+        return False
 
 
 def seeds_of(cfg: DictConfig) -> list[int]:
@@ -84,8 +102,8 @@ def _train_pt(cfg: DictConfig, members: list, device: str) -> tuple[DLNState, di
     store.path.mkdir(parents=True, exist_ok=True)
     with ExitStack() as locks:  # one lock per seed (in seed order): jobs with other seeds go on in parallel
         for f in sorted(files):
-            locks.enter_context(filelock.FileLock(str(f) + ".lock"))
-        todo = [b for b, f in enumerate(files) if not f.exists()]
+            locks.enter_context(file_lock(Path(str(f) + ".lock")))
+        todo = [b for b, f in enumerate(files) if not _pt_state_ok(f, d.dim)]
         if todo:
             # pt.yaml, not config.yaml: the PT store is not a run of its own
             atomic_write_bytes(store.file("pt.yaml"), OmegaConf.to_yaml(OmegaConf.create(store.sci)).encode())

@@ -2,26 +2,30 @@
 
 * metrics.jsonl in the run directory, always: one JSON object per `log()` call, `step` included.
   On resume, lines past the checkpoint's step are dropped, so a killed-and-resumed run has the same
-  file as an uninterrupted one.
+  file as an uninterrupted one; damaged lines (a write cut short) are dropped too, the damaged file
+  kept as metrics.jsonl.damaged-<n>, and the rewrite is atomic.
 * wandb, mode online | offline | disabled. Offline is the default and is set through the WANDB_MODE
   environment variable (passing mode="offline" to init alone still makes a DNS lookup). An explicit
   WANDB_MODE in the environment wins over the config default. One wandb run per job: group =
   experiment, job_type = stage, name = the command-line overrides, config = the resolved dict. The
-  wandb run id is kept in the run directory so a resumed job continues the same wandb run.
+  wandb run id is kept in the run directory (wandb_id.txt; a damaged one is moved aside and replaced)
+  so a resumed job continues the same wandb run.
   `finish()` is always called (context manager).
 """
 from __future__ import annotations
 
 import json
-import uuid
 import math
 import os
+import re
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ptft import ConfigError
+from ptft.train.store import atomic_write_bytes, atomic_write_text, move_aside
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -66,6 +70,40 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _step_of(line: bytes) -> Optional[int]:
+    """The step of a metrics.jsonl row, or None if the row is damaged (not JSON, not an object with an
+    integer step)."""
+    try:
+        row = json.loads(line)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+_WANDB_ID = re.compile(r"[0-9a-z]{1,64}")
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The wandb run id kept in <run_dir>/wandb_id.txt (a resumed job continues the same wandb run); a new
+    one if absent. A damaged file (not a short lowercase id, undecodable, a directory) is moved aside with
+    one line and replaced by a new id."""
+    id_file = Path(run_dir) / "wandb_id.txt"
+    if os.path.lexists(id_file):
+        try:
+            run_id = id_file.read_bytes().decode("ascii").strip()
+            if _WANDB_ID.fullmatch(run_id):
+                return run_id
+            why = "not a wandb run id"
+        except (OSError, UnicodeDecodeError) as e:
+            why = type(e).__name__
+        print(f"[ptft] {id_file} is damaged ({why}); moved to {move_aside(id_file).name}; this job starts a "
+              f"new wandb run", flush=True)
+    run_id = uuid.uuid4().hex[:8]
+    atomic_write_text(id_file, run_id)
+    return run_id
+
+
 class Logger:
     def __init__(self, run_dir: Path, config: dict[str, Any], wandb_cfg: WandbConfig, *, stage: str,
                  group: str, name: str, resume_step: Optional[int] = None):
@@ -81,9 +119,7 @@ class Logger:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
-            id_file = self.run_dir / "wandb_id.txt"
-            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
-            id_file.write_text(run_id)
+            run_id = wandb_run_id(self.run_dir)
             self._wandb = wandb.init(
                 project=wandb_cfg.project, entity=wandb_cfg.entity, group=wandb_cfg.group or group,
                 job_type=stage, name=name, config=config, tags=wandb_cfg.tags, dir=str(self.run_dir),
@@ -92,14 +128,39 @@ class Logger:
             )
 
     def _truncate(self, resume_step: Optional[int]) -> None:
-        if not self.metrics_path.exists():
+        """A fresh run starts an empty metrics.jsonl; a resumed one keeps the rows up to its checkpoint's
+        step. Damaged rows (a write cut short by a kill or a full disk, garbage) are dropped, the damaged
+        file kept aside; the rewrite is atomic, so a failure leaves the file as it was."""
+        path = self.metrics_path
+        if not os.path.lexists(path):
             return
-        if resume_step is None:
-            self.metrics_path.unlink()
+        if resume_step is None or not path.is_file():
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+            else:  # a directory (or other non-file) in its place
+                print(f"[ptft] {path} is not a file; moved to {move_aside(path).name}", flush=True)
             return
-        keep = [ln for ln in self.metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", -1) <= resume_step]
-        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as e:
+            print(f"[ptft] {path} is unreadable ({e.strerror}); moved to {move_aside(path).name}", flush=True)
+            return
+        keep, bad = [], 0
+        for ln in lines:
+            step = _step_of(ln)
+            if step is None:
+                bad += ln.strip() != b""
+            elif step <= resume_step:
+                keep.append(ln)
+        text = b"".join(ln + b"\n" for ln in keep)
+        if bad:
+            clean = path.with_name(f".{path.name}.clean.tmp")
+            atomic_write_bytes(clean, text)  # first, so that a full disk leaves everything as it was
+            print(f"[ptft] {path}: {bad} damaged line(s) (a write cut short, or garbage) dropped; the file as it "
+                  f"was is {move_aside(path).name}", flush=True)
+            os.replace(clean, path)
+        else:
+            atomic_write_bytes(path, text)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import time
 from typing import Any, Optional
 
@@ -95,10 +96,10 @@ def _train(task: Any, tcfg: Any, run: RunDir, resolved: dict, wandb_cfg: Any, *,
     reports the same start norm and (diagnose=True) the same per-stage diagnostics."""
     with progress(desc=f"{stage} {run.hash}", unit="step") as bar:
         trainer = Trainer(task, tcfg, checkpoint=run.file("checkpoint.pt"), bar=bar)
-        start = task.state_dict()
+        start = task.state_dict()  # a copy of the state made from the seed
         resumed = trainer.try_resume()
         if resumed:
-            start = torch.load(run.file(START), map_location="cpu", weights_only=True)
+            start = read_start_state(run.file(START), start)
         else:
             atomic_write_bytes(run.file(START), model_bytes(task.model))
         with Logger(run.path, resolved, wandb_cfg, stage=stage, group=group, name=name,
@@ -120,6 +121,23 @@ def _train(task: Any, tcfg: Any, run: RunDir, resolved: dict, wandb_cfg: Any, *,
                 result.update(diag)
             logger.summary(result)
     return result
+
+
+def read_start_state(path: Any, rebuilt: dict) -> dict:
+    """The start state kept in checkpoint.start.pt; if it is missing or damaged, `rebuilt` (the same
+    state, made again from the seed before the resume), the damaged file moved aside with one line."""
+    from ptft.train.store import DamagedFile, move_aside, read_checkpoint
+
+    try:
+        st = read_checkpoint(path)
+        if set(st) != set(rebuilt) or any(not isinstance(v, torch.Tensor) or v.shape != rebuilt[k].shape
+                                          for k, v in st.items()):
+            raise DamagedFile("not this model's state")
+        return st
+    except DamagedFile as e:
+        why = "missing" if not os.path.lexists(path) else f"damaged ({e}), moved to {move_aside(path).name}"
+    print(f"[ptft] {path} is {why}; the start state is rebuilt from the seed", flush=True)
+    return rebuilt
 
 
 def _diagnostics(task: Any, start: dict) -> dict[str, float]:
@@ -159,8 +177,7 @@ def _pretrain_run(cfg: DictConfig, track: Any, *, force: bool, name: str, record
             print(f"[ptft] pretrained model found (trained by another job meanwhile): {run.path}", flush=True)
             return run, run.load_result()
         if force:
-            run.clear_result()
-            run.file(MODEL).unlink(missing_ok=True)
+            run.clear_result()  # model.pt and result.json stay until the new ones replace them
         pt, pte = task_data.pt_train, task_data.pt_test
         print(f"[ptft] pretraining {run.hash} on {len(pt)} examples of {len(task_data.pt_classes)} classes "
               f"({device})", flush=True)

@@ -10,6 +10,8 @@ fails (no space left, quota, read-only disk) leaves the previous file intact and
 naming the file.
 
 Damaged files are never served and never deleted: a result.json or config.yaml that cannot be read,
+a result.json that fails its stage's schema (`result_problem`: required keys and their types, every
+metric a number), a config.yaml with YAML aliases or over MAX_YAML_BYTES (`load_yaml`),
 that belongs to another run (its hash), or whose run's artifacts (model.pt, pt_state.pt, checked
 against the sha256s recorded in result.json) are missing or changed, is renamed
 `<name>.damaged-<n>` with one line saying why, and the run counts as unfinished (so it runs again).
@@ -27,6 +29,7 @@ import io
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import tempfile
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import filelock
+import yaml
 
 RESULT, CONFIG, CHECKPOINT, METRICS = "result.json", "config.yaml", "checkpoint.pt", "metrics.jsonl"
 _PROCESS_START = time.time()
@@ -87,9 +91,11 @@ def _write_temp(path: Path, data: bytes) -> str:
 
 
 def _store_error(path: Path, e: OSError) -> StoreError:
-    why = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return StoreError(f"cannot write {path}: {why}; the previous {Path(path).name} (if any) is intact: "
-                      f"free space and rerun the same command to resume")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why, fix = "no space left on device", "free space and rerun the same command to resume"
+    else:  # a directory in its place, a read-only file system, no permission, ...
+        why, fix = e.strerror or str(e), "make it writable (or choose another path) and rerun the same command"
+    return StoreError(f"cannot write {path}: {why}; the previous {Path(path).name} (if any) is intact: {fix}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -137,6 +143,80 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ---- what may be served ---------------------------------------------------------------------------
+_NUMBER, _INT, _TEXT = "a number", "an integer", "a non-empty string"
+RESULT_SCHEMAS: dict[str, dict[str, str]] = {  # stage -> keys every result.json has (a batched job: each member)
+    "dln": {"status": _TEXT, "steps": _INT, "train_mse": _NUMBER, "test_mse": _NUMBER},
+    "pretrain": {"status": _TEXT, "steps": _INT, "epochs": _INT, "train_loss": _NUMBER},
+    "finetune": {"status": _TEXT, "steps": _INT, "epochs": _INT, "train_loss": _NUMBER, "n_ft": _INT, "seed": _INT},
+}
+_METRIC = re.compile(r"(^|[_/])(mse|loss|acc|l1|drift)($|[_/])|^diag/")  # any such key: a number (or null)
+
+
+def _is(v: Any, kind: str) -> bool:
+    if kind == _TEXT:
+        return isinstance(v, str) and v != ""
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) if kind == _INT else isinstance(v, (int, float))
+
+
+def result_problem(stage: str, res: Any, complete: bool = True) -> Optional[str]:
+    """Why a result.json of `stage` must not be served (a required key missing, a value of the wrong type,
+    a metric that is not a number), or None if it is valid (RESULT_SCHEMAS; other stages: a status).
+    complete=False (listing results, e.g. ptft-aggregate): only `status` is required, present keys typed."""
+    if not isinstance(res, dict):
+        return f"holds a {type(res).__name__}, not an object"
+    schema = RESULT_SCHEMAS.get(stage, {"status": _TEXT})
+    rows: list[tuple[str, Any, dict[str, str]]] = [("", res, schema)]
+    if "members" in res:  # a batched job: the members carry the per-run keys
+        members = res["members"]
+        if not isinstance(members, list) or not members:
+            return "members is not a non-empty list"
+        rows = [("", res, {"status": _TEXT}), *((f"members[{i}].", m, schema) for i, m in enumerate(members))]
+    for where, row, keys in rows:
+        if not isinstance(row, dict):
+            return f"{where[:-1]} is not an object"
+        for k, kind in keys.items():
+            if k not in row:
+                if complete or k == "status":
+                    return f"{where}{k} is missing"
+                continue
+            if not _is(row[k], kind):
+                return f"{where}{k}={str(json.dumps(row[k], default=str))[:40]} is not {kind}"
+        for k, v in row.items():
+            if _METRIC.search(k) and v is not None and not _is(v, _NUMBER):
+                return f"{where}{k}={str(json.dumps(v, default=str))[:40]} is not a number"
+    prov = res.get("provenance", {})
+    if not isinstance(prov, dict) or not isinstance(prov.get("files", {}), dict) or not all(
+            isinstance(v, str) for v in prov.get("files", {}).values()):
+        return "provenance is not an object with a files object of sha256s"
+    return None
+
+
+MAX_YAML_BYTES = 1 << 20  # a stored config is a few kB
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases: a few lines of nested aliases (a 'billion laughs') expand to
+    gigabytes in safe_load. ptft never writes aliases (OmegaConf.to_yaml does not emit them)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"YAML aliases are not allowed (line {self.peek_event().start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(path: Path) -> Any:
+    """A stored YAML file (config.yaml, .hydra/*.yaml) read safely: at most MAX_YAML_BYTES, no aliases, no
+    tags. Raises OSError, ValueError (too large, undecodable) or yaml.YAMLError."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        raise ValueError(f"larger than {MAX_YAML_BYTES} bytes: not a config")
+    return yaml.load(data.decode("utf-8"), Loader=_NoAliasLoader)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
@@ -268,7 +348,7 @@ class RunDir:
     def finished(self) -> bool:
         """True if the run has a readable result.json of this run whose artifacts are intact. A damaged
         result (or config.yaml, or artifact) is moved aside with one line and the run counts as unfinished."""
-        if not self.file(RESULT).exists():
+        if not self._is_dir() or not self.file(RESULT).exists():
             return False
         why, bad = self.damage()
         if why is None:
@@ -278,35 +358,46 @@ class RunDir:
               flush=True)
         return False
 
+    def _is_dir(self) -> bool:
+        """Whether the run directory exists; something else in its place (a file) is moved aside."""
+        if self.path.is_dir():
+            return True
+        if os.path.lexists(self.path):
+            print(f"[ptft] {self.path} is not a directory; moved to {move_aside(self.path).name}; the run starts "
+                  f"over", flush=True)
+        return False
+
     def damage(self) -> tuple[Optional[str], list[Path]]:
         """(why the stored result cannot be served, the files besides result.json to move aside) or (None, [])."""
         try:
-            res = json.loads(self.file(RESULT).read_text())
-            if not isinstance(res, dict):
-                raise ValueError(f"holds a {type(res).__name__}, not an object")
+            res = json.loads(self.file(RESULT).read_bytes())
         except (OSError, ValueError) as e:
             return f"result.json is unreadable ({type(e).__name__}: {str(e)[:100]})", []
+        problem = result_problem(self.path.parent.name, res)
+        if problem:
+            return f"result.json is invalid ({problem})", []
         prov = res.get("provenance") if isinstance(res.get("provenance"), dict) else {}
         if prov.get("run_hash") not in (None, self.hash):
             return f"result.json belongs to run {prov['run_hash']}, not {self.hash}", []
         cfg = self.file(CONFIG)
         if cfg.exists():
             try:
-                import yaml
-
-                text = cfg.read_text()
-                if not isinstance(yaml.safe_load(text), dict):
+                if not isinstance(load_yaml(cfg), dict):
                     raise ValueError("not a mapping")
+                first = cfg.read_bytes()[:200].decode(errors="replace").split("\n", 1)[0]
             except Exception as e:  # OSError, UnicodeError, yaml.YAMLError, ...
-                return f"config.yaml is unreadable ({type(e).__name__})", [cfg]
-            first = text.split("\n", 1)[0]
+                return f"config.yaml is unreadable ({type(e).__name__}: {str(e)[:100]})", [cfg]
             if first.startswith(_HASH_LINE) and first[len(_HASH_LINE):].strip() != self.hash:
                 return f"config.yaml belongs to run {first[len(_HASH_LINE):].strip()}, not {self.hash}", [cfg]
         for name, digest in (prov.get("files") or {}).items():
             f = self.file(name)
-            if not f.exists():
+            if not os.path.lexists(f):
                 return f"{name} is missing", []
-            if sha256_file(f) != digest:
+            try:
+                same = f.is_file() and sha256_file(f) == digest
+            except OSError:
+                same = False
+            if not same:
                 return f"{name} does not match its sha256 in result.json (damaged)", [f]
         return None, []
 
@@ -337,16 +428,27 @@ class RunDir:
         atomic_write_text(self.file(CONFIG), f"{_HASH_LINE}{self.hash}\n{yaml_text}")
 
     def clear_result(self) -> None:
-        """For force=true: forget the stored result and checkpoints, keep nothing stale."""
-        for name in (RESULT, CHECKPOINT, METRICS, previous_checkpoint(Path(CHECKPOINT)).name):
+        """For force=true: forget the checkpoints (the run starts over). result.json and the artifacts stay
+        until the new ones replace them, so a rerun that fails loses nothing."""
+        for name in (CHECKPOINT, previous_checkpoint(Path(CHECKPOINT)).name):
             self.file(name).unlink(missing_ok=True)
 
     def lock(self, timeout: float = -1) -> filelock.FileLock:
         """An inter-process lock on this run (a sibling `.lock` file, not inside the run dir)."""
         if self.started is None:
             self.started = time.time()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(str(self.path) + ".lock", timeout=timeout)
+        self._is_dir()
+        return file_lock(Path(str(self.path) + ".lock"), timeout)
+
+
+def file_lock(path: Path, timeout: float = -1) -> filelock.FileLock:
+    """A filelock.FileLock at `path` (its directory made); a directory or other non-file in its place is
+    moved aside with one line (it is no lock: nobody can hold it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(path) and not path.is_file():
+        print(f"[ptft] the lock {path} is not a file; moved to {move_aside(path).name}", flush=True)
+    return filelock.FileLock(str(path), timeout=timeout)
 
 
 def _dig(d: dict[str, Any], dotted: str) -> Any:
