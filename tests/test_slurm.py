@@ -328,3 +328,24 @@ def test_vision_finetunes_share_one_pretraining(slurm_env, tmp_path):
     assert len(list((store / "pretrain").glob("*/result.json"))) == 1
     rows = [r for r in agg.collect(sweep) if r["stage"] == "finetune"]
     assert sorted(r["ft.rescale"] for r in rows) == [0.5, 1.0] and all(r["status"] == "ok" for r in rows), rows
+
+
+def test_study_on_slurm(slurm_env, tmp_path):
+    """`ptft-study SPEC --launcher slurm`: every job of the study is a SLURM job; the verdicts equal those of the
+    same study run locally (same runs, same store identity)."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("app: dln\ndescription: tiny\nbase: [dln.dim=40, dln.rho_ft=0.05, dln.omega=1, dln.n_test=200]\n"
+                    "x: {key: dln.alpha, values: [0.3]}\narms: {iv: [dln.lam_pt=-0.99], ii: [dln.lam_pt=0]}\n"
+                    "baseline: ii\nmetric: {name: test_mse, better: lower, scale: log}\n"
+                    "seeds: {first: 3, batch: 1, max: 3}\npredictions: [{arm: iv, expect: better, delta: 0.1}]\n")
+    exe = str(PTFT_DLN.parent / "ptft-study")
+    outs = {}
+    for launcher in ("slurm", "local"):
+        p = subprocess.run([exe, str(spec), "--launcher", launcher, "--store", str(tmp_path / launcher),
+                            "--out", str(tmp_path / f"out_{launcher}")], cwd=tmp_path, env=slurm_env,
+                           capture_output=True, text=True, timeout=400)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+        outs[launcher] = (tmp_path / f"out_{launcher}" / "verdicts.csv").read_text()
+    assert outs["slurm"] == outs["local"]
+    assert len(job_ids(tmp_path / "slurm" / "studies" / "tiny" / "jobs" / next(
+        iter(os.listdir(tmp_path / "slurm" / "studies" / "tiny" / "jobs"))))) == 1

@@ -203,3 +203,27 @@ def test_committed_study_is_fresh(name, tmp_path):
     p = subprocess.run([exe, name, "--check", "--out", str(REPO / "results" / name)], capture_output=True,
                        text=True, cwd=tmp_path, timeout=1800)
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_to_the_same_verdicts(tiny, tmp_path):
+    """kill -9 of the whole study (driver and jobs) once a job has finished; the same command then runs only what is
+    missing and ends with the verdicts of the uninterrupted study."""
+    import os
+    import signal
+    import time
+
+    d, cmd, _ = tiny
+    args = [cmd[0], cmd[1], "--store", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    p = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    t0 = time.time()
+    while not list((tmp_path / "runs").glob("studies/*/jobs/*/study_done.json")) and time.time() - t0 < 300:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    done = len(list((tmp_path / "runs").glob("studies/*/jobs/*/study_done.json")))
+    assert done >= 1
+    q = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert q.returncode == 0, q.stderr[-3000:]
+    assert (tmp_path / "out" / "verdicts.csv").read_text() == (d / "out" / "verdicts.csv").read_text()

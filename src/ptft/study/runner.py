@@ -57,10 +57,11 @@ def is_done(jdir: Path) -> bool:
 
 def command(app: str, job: Job, store: Path, jdir: Path, launcher: str) -> list[str]:
     exe = Path(sys.executable).parent / SCRIPTS[app]
-    cmd = [str(exe) if exe.exists() else SCRIPTS[app], *job.args, f"store.root={store}"]
+    cmd = [str(exe) if exe.exists() else SCRIPTS[app]]
+    args = [*job.args, f"store.root={store}"]
     if launcher == "local":
-        return [*cmd, f"hydra.run.dir={jdir}"]
-    return [*cmd, "-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={jdir}", "hydra.sweep.subdir=0"]
+        return [*cmd, *args, f"hydra.run.dir={jdir}"]
+    return [*cmd, "-m", *args, f"hydra/launcher={launcher}", f"hydra.sweep.dir={jdir}", "hydra.sweep.subdir=0"]
 
 
 class Progress:
