@@ -116,6 +116,93 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+# ---- each app's own presets and groups ----------------------------------------------------------------
+# config name -> (console script, its config groups, the folders experiment/<track>/ of its presets)
+APPS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "dln": ("ptft-dln", ("experiment",), ("dln",)),
+    "pretrain": ("ptft-pretrain", ("data", "model", "experiment"), ("vision", "digits", "arith")),
+    "finetune": ("ptft-finetune", ("data", "model", "experiment"), ("vision", "digits", "arith")),
+}
+
+
+def presets(config_name: Optional[str] = None) -> list[str]:
+    """The presets `<track>/<name>` (conf/experiment/<track>/<name>.yaml) of an app, or of every app."""
+    tracks = APPS[config_name][2] if config_name else {t for a in APPS.values() for t in a[2]}
+    return sorted(f"{t}/{p.stem}" for t in tracks for p in (conf_dir() / "experiment" / t).glob("*.yaml"))
+
+
+def _owner(track: Optional[str] = None, group: Optional[str] = None) -> str:
+    """The console script(s) whose presets include experiment/<track>/ or whose configs have the group."""
+    return " and ".join(script for script, groups, tracks in APPS.values() if track in tracks or group in groups)
+
+
+def check_scope(config_name: str, overrides: Sequence[str]) -> None:
+    """ConfigError naming the app that owns a preset or group picked for another app (before Hydra
+    composes anything), and the install hint when hydra/launcher=slurm lacks its plugin."""
+    import importlib.util
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {"hydra/launcher", *(g for a in APPS.values() for g in a[1])}
+    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in keys]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides) if overrides else []
+    except Exception:
+        return  # composition reports bad syntax
+    script, groups, tracks = APPS.get(config_name, (f"ptft-{config_name}", (), ()))
+    for o in parsed:
+        key = o.key_or_group
+        try:
+            values = [str(v) for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
+        except Exception:
+            continue
+        if key == "hydra/launcher" and any(v in ("slurm", "submitit_slurm", "submitit_local") for v in values) \
+                and importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+            raise ConfigError("hydra/launcher=slurm needs the SLURM extra: pip install 'ptft[slurm]' (submitit and "
+                              "hydra-submitit-launcher)")
+        if config_name not in APPS or o.is_delete():
+            continue
+        if key != "experiment":
+            if key not in groups and _owner(group=key):
+                raise ConfigError(f"{key}={values[0]} belongs to {_owner(group=key)}, not {script}")
+            continue
+        own = presets(config_name)
+        for v in values:
+            if v in own or v == "None":
+                continue
+            track = v.split("/")[0]
+            if "/" in v and track not in tracks and _owner(track=track):
+                raise ConfigError(f"experiment={v} belongs to {_owner(track=track)}, not {script} (`{script} --help` "
+                                  f"lists its presets)")
+            moved = [p for p in presets() if v == p.split("/", 1)[1]  # a name of before the track folders
+                     or sorted(v.split("_")) == sorted(p.replace("/", "_").split("_"))]
+            if moved:
+                raise ConfigError(f"experiment={v}: presets are grouped by track; did you mean experiment={moved[0]} "
+                                  f"(of {_owner(track=moved[0].split('/')[0])})?")
+            raise ConfigError(f"experiment={v}: no such preset; {script}'s presets are {', '.join(own)}")
+
+
+def help_groups(config_name: str) -> str:
+    """`group: options` lines of an app's own config groups, for its --help (conf/hydra/help/ptft.yaml)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    lines = []
+    for g in APPS.get(config_name, ("", (), ()))[1]:
+        if g == "experiment":
+            opts = presets(config_name)
+        elif GlobalHydra.instance().is_initialized():
+            opts = GlobalHydra.instance().config_loader().get_group_options(g)
+        else:
+            opts = [p.stem for p in (conf_dir() / g).glob("*.yaml")]
+        lines.append(f"{g}: {', '.join(sorted(opts))}")
+    return "\n".join(lines)
+
+
+if not OmegaConf.has_resolver("ptft_app"):
+    OmegaConf.register_new_resolver("ptft_app", lambda name: APPS.get(name, (f"ptft-{name}",))[0])
+    OmegaConf.register_new_resolver("ptft_groups", help_groups)
+
+
 # ---- what a config needs in the ConfigStore before it is composed (e.g. the tracks' schemas) ------------
 LOADERS: dict[str, Callable[[], None]] = {}
 _LOADED: set[str] = set()
@@ -254,6 +341,7 @@ def check_keys(node: Any, prefix: str = "") -> None:
 
 def check(config_name: str, overrides: Optional[Sequence[str]] = None) -> DictConfig:
     """compose + the pipeline's validator: the config a command line gives, or ConfigError (one line)."""
+    check_scope(config_name, overrides or [])
     try:
         cfg = compose_fast(config_name, overrides)
     except ConfigError:
@@ -288,6 +376,7 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
         args = get_args_parser().parse_args(list(argv))
     except SystemExit:
         return  # Hydra reports its own usage errors
+    check_scope(config_name, args.overrides)  # also before --help / --cfg, which compose the config too
     if any(getattr(args, f, None) for f in _FLAG_ONLY):
         return
     overrides = list(args.overrides)
