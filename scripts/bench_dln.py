@@ -120,7 +120,8 @@ def grid(dim: int, alpha: float, seeds: int, device: str) -> None:
     from ptft import app
     from ptft.analysis.dln_sims import group_overrides, job_overrides
     from ptft.analysis.panels import unique_curves
-    from ptft.dln.main import run_job, run_jobs
+    from ptft.dln.cli import run_jobs
+    from ptft.dln.main import run_job
 
     curves = unique_curves()
     with tempfile.TemporaryDirectory() as root:

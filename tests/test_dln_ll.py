@@ -5,7 +5,8 @@ import pytest
 
 from ptft import ConfigError, app
 from ptft.dln.config import DLNConfig
-from ptft.dln.main import run_job, run_jobs, scientific
+from ptft.dln.cli import run_jobs
+from ptft.dln.main import run_job, scientific
 from ptft.dln.model import beta, finetune_rescale, init_state, pt_end_state
 from ptft.dln import task as dln_task
 from ptft.dln.task import DLNTask, member_data

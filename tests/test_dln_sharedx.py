@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ptft import ConfigError, app
-from ptft.dln.main import run_job, run_jobs
+from ptft.dln.cli import run_jobs
+from ptft.dln.main import run_job
 from ptft.dln.multi import member_configs
 from ptft.dln.sharedx import Member, SharedXEngine
 from ptft.dln.task import ft_inputs, member_data, start_state

@@ -15,7 +15,7 @@ import torch
 
 from ptft import ConfigError, app
 from ptft.analysis import aggregate as agg
-from ptft.dln.main import main as dln_main
+from ptft.dln.cli import main as dln_main
 from ptft.dln.main import run_job, scientific
 from ptft.train import store
 from ptft.train.store import RunDir, StoreError, read_checkpoint

@@ -98,7 +98,7 @@ def _run_group(overrides: list[str]) -> list[dict]:
 
     torch.set_num_threads(1)
     from ptft import app
-    from ptft.dln.main import run_jobs
+    from ptft.dln.cli import run_jobs
 
     return [res for _, res in run_jobs(app.compose("dln", overrides))]
 
