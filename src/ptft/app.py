@@ -451,11 +451,10 @@ def entry(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[
                 print(f"ptft: {e}; rerun the same command to resume", file=sys.stderr, flush=True)
                 sys.exit(128 + e.signum)
 
-        hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
-
         @functools.wraps(fn)
         def cli() -> Any:
-            try:
+            try:  # conf_dir() here, not at import: a broken install ends with one line too
+                hydra_main = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
                 load(config_name)
                 precheck(config_name, sys.argv[1:])
             except ConfigError as e:
