@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 from ptft import ArgumentParser, ConfigError
 from ptft.study import report, stats, table
 from ptft.study.plan import plan
-from ptft.study.runner import DONE, job_dir, run_jobs
+from ptft.study.runner import DONE, job_dir, run_jobs, setup
 from ptft.study.spec import StudySpec, load, looks, names
 
 log = logging.getLogger("ptft.study")
@@ -46,6 +46,8 @@ def run_study(spec: StudySpec, store: Path, out: Path, command: str, *, launcher
     failures: list[str] = []
     n_looks = looks(spec.seeds)
     jobs: list = []
+    if not report_only:
+        setup(spec.setup)
     for i, n in enumerate(n_looks):
         jobs = plan(spec, n)
         if not report_only:
@@ -127,6 +129,7 @@ def check(spec: StudySpec, committed: Path) -> list[str]:
         key = lambda r: (r["arm"], float(r["x"]), int(r["seed"]), str(r.get("replicate") or ""))  # noqa: E731
         by_key = {key(r): r for r in old_rows}
         jobs = plan(spec, looks(spec.seeds)[0])[:spec.check.sample_jobs]
+        setup(spec.setup)
         store = t / "runs"
         fails = run_jobs(spec.app, spec.name, jobs, store, workers=min(spec.workers, len(jobs) or 1))
         problems += [f"sample job failed: {f}" for f in fails]

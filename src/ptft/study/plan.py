@@ -82,9 +82,9 @@ def _plan(spec: StudySpec, seeds: list, first_seed: int, n_seeds: int, reps: lis
                         jobs.append(Job(arm, chunk, tuple(args), x=float(x), replicate=rep, panel=panel))
     else:
         nft = _list(int(v) for v in spec.x.values)
-        for seed in seeds:
-            for arm, ov in spec.arms.items():
-                for rep in reps:
+        for seed in seeds:  # arms inner: consecutive jobs need different pretrainings (no lock waits)
+            for rep in reps:
+                for arm, ov in spec.arms.items():
                     args = [*common, *ov, f"runs.n_ft={nft}", f"runs.seeds=[{seed}]"]
                     if rep is not None:
                         val = 1000 * seed + int(rep) if spec.replicates.per_seed else rep

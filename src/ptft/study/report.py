@@ -62,7 +62,8 @@ def verdict_rows(df, spec: StudySpec) -> list[dict]:
     for pr in spec.predictions:
         base = pr.baseline or spec.baseline
         xs = [x for x in spec.x.values if (pr.x_min is None or x >= pr.x_min) and (pr.x_max is None or x <= pr.x_max)]
-        for panel, x in ((p, x) for p in panels(spec) for x in xs):
+        pans = [p for p in panels(spec) if pr.panels is None or p in {str(v) for v in pr.panels}]
+        for panel, x in ((p, x) for p in pans for x in xs):
             d = stats.paired_per_seed(_series(use, pr.arm, panel, x), _series(use, base, panel, x))
             j = stats.judge(d.to_numpy(), pr.delta, pr.expect, lev)
             reps = _at(use, pr.arm, panel, x).groupby("seed").size()

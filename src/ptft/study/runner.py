@@ -64,6 +64,25 @@ def command(app: str, job: Job, store: Path, jdir: Path, launcher: str) -> list[
     return [*cmd, "-m", *args, f"hydra/launcher={launcher}", f"hydra.sweep.dir={jdir}", "hydra.sweep.subdir=0"]
 
 
+def setup(commands: Sequence[str], cwd: Optional[Path] = None) -> None:
+    """Run a spec's setup commands (e.g. `ptft-data synthetic ...`, which rewrites the same files for the same
+    arguments); a ptft console script is taken from this interpreter's environment. A failure stops the study."""
+    import shlex
+
+    from ptft import ConfigError
+
+    for c in commands:
+        argv = shlex.split(c)
+        exe = Path(sys.executable).parent / argv[0]
+        if exe.exists():
+            argv[0] = str(exe)
+        print(f"[setup] {c}", file=sys.stderr, flush=True)
+        p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ConfigError(f"setup command failed (exit {p.returncode}): {c}: {tail[0]}")
+
+
 class Progress:
     """'jobs done / planned' with an ETA from the jobs run so far, as log lines (Hydra / SLURM logs) and stderr."""
 

@@ -84,6 +84,7 @@ class Prediction:
     baseline: Optional[str] = None   # default: the study's baseline
     x_min: Optional[float] = None    # judged at the x values in [x_min, x_max]
     x_max: Optional[float] = None
+    panels: Optional[List[Any]] = None   # judged in these panels only (default: every panel)
     why: str = ""
 
 
@@ -100,6 +101,7 @@ class StudySpec:
     app: str = MISSING
     description: str = MISSING
     base: List[str] = field(default_factory=list)
+    setup: List[str] = field(default_factory=list)   # commands run before the jobs (idempotent: e.g. ptft-data)
     x: XAxis = field(default_factory=XAxis)
     panel: Panel = field(default_factory=Panel)
     arms: Any = MISSING          # {name: [overrides]} (ordered)
@@ -196,6 +198,8 @@ def validate(s: StudySpec, where: Any = "spec") -> None:
             bad(f"predictions[{i}].baseline", "another arm of the study")
         if pr.expect not in EXPECT:
             bad(f"predictions[{i}].expect", "better or worse")
+        if pr.panels is not None and not {str(v) for v in pr.panels} <= {str(v) for v in s.panel.values}:
+            bad(f"predictions[{i}].panels", f"values of panel.values ({list(s.panel.values)})")
         if not pr.delta > 0:
             bad(f"predictions[{i}].delta", "the smallest effect of interest, > 0")
 
