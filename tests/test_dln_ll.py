@@ -15,7 +15,8 @@ from ptft.train.trainer import MAX_RESTARTS, TrainConfig, Trainer
 
 # the preset at a size a test can afford; everything else is the preset's
 TINY = ["experiment=dln/ll_rescale", "dln.dim=60", "dln.k_pt=6", "dln.k_ft=3", "dln.overlap=3", "dln.n_pt=80",
-        "dln.n_ft=12", "train.max_steps=3000", "train.threshold=1e-8", "dln.seeds=[0,1]", "wandb.mode=disabled"]
+        "dln.n_ft=12", "train.max_steps=3000", "train.threshold=1e-8", "pt_train.max_steps=3000",
+        "pt_train.threshold=1e-8", "dln.seeds=[0,1]", "wandb.mode=disabled"]
 
 
 def compose(root, *ov):

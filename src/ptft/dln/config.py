@@ -1,8 +1,8 @@
 """Structured config of the `ptft-dln` pipeline (names as in docs/paper.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Dict, List, Optional, get_type_hints
 
 from ptft import ConfigError
 from ptft.dln.teachers import check_feasible
@@ -60,6 +60,20 @@ def n_pt(d) -> int:
     return int(d.n_pt) if d.n_pt is not None else max(1, int(round(d.alpha_pt * d.dim)))
 
 
+# pt_train: the training settings of pretraining (dln.pt=train), key for key those of `train` (same
+# types, same validation); a key left null (the default) takes train's value, so with every key null
+# PT trains exactly as FT does. (diverge_above: null takes train's; PT cannot be NaN-only while FT has a bound.)
+PTTrainConfig = make_dataclass("PTTrainConfig", [(f.name, Optional[t], field(default=None))
+                                                 for f in fields(TrainConfig) for t in [get_type_hints(TrainConfig)[f.name]]])
+
+
+def pt_train_config(cfg):
+    """The training settings pretraining uses: `train` with each non-null key of `pt_train` in its place."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg.train, {k: v for k, v in cfg.pt_train.items() if v is not None})
+
+
 @dataclass
 class StoreConfig:
     root: str = "runs"
@@ -70,6 +84,7 @@ class DLNApp:
     dln: DLNConfig = field(default_factory=DLNConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=0.5, threshold=1e-4, max_steps=1_000_000,
                                                                     log_every=1000))
+    pt_train: PTTrainConfig = field(default_factory=PTTrainConfig)  # dln.pt=train; null keys: as train
     seed: int = 0
     name: str = "dln"           # experiment name: the wandb group and the Hydra output folder
     force: bool = False         # rerun even if the run store has a result
@@ -136,9 +151,19 @@ def validate(cfg) -> None:
     if d.a_pt == 0 and d.mode == "ptft" and d.teacher == "paper":
         raise ConfigError("dln.a_pt=0 makes the PT teacher zero; use dln.mode=stl for no pretraining")
     validate_train(cfg.train)
+    _validate_pt_train(cfg)
     if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise ConfigError(f"device={cfg.device!r} must be cpu, cuda or cuda:N")
     resolve_mode(cfg.wandb.mode)
+
+
+def _validate_pt_train(cfg) -> None:
+    """pt_train: its keys as train's (ConfigError naming pt_train.<key>), and only where PT is trained."""
+    set_keys = [k for k, v in cfg.pt_train.items() if v is not None]
+    if set_keys and cfg.dln.pt != "train":
+        raise ConfigError(f"pt_train.{set_keys[0]}={cfg.pt_train[set_keys[0]]} sets how PT is trained, but "
+                          f"dln.pt={cfg.dln.pt} does not train it (leave pt_train null or set dln.pt=train)")
+    validate_train(pt_train_config(cfg), "pt_train")
 
 
 def _validate_ll(d) -> None:

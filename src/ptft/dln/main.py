@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ptft import app
-from ptft.dln.config import NEW_DLN_KEYS, DLNApp, validate
+from ptft.dln.config import NEW_DLN_KEYS, DLNApp, pt_train_config, validate
 from ptft.dln.model import DLNState, invariants
 from ptft.dln.model import beta as beta_of
 from ptft.dln.task import DLNTask, member_data, pt_data, start_state, test_mse
@@ -67,7 +67,16 @@ def scientific(cfg: DictConfig) -> dict[str, Any]:
         if d[k] == default:
             d.pop(k)
     tr = train_identity(OmegaConf.to_container(cfg.train, resolve=True))
-    return {"dln": d, "train": tr, "seeds": seeds_of(cfg)}
+    sci = {"dln": d, "train": tr, "seeds": seeds_of(cfg)}
+    if d["mode"] == "ptft" and d["pt"] == "train":
+        pt = _pt_train_identity(cfg)
+        if pt != tr:  # PT trained as FT (every pt_train key null) keeps the identity of runs made before pt_train
+            sci["pt_train"] = pt
+    return sci
+
+
+def _pt_train_identity(cfg: DictConfig) -> dict[str, Any]:
+    return train_identity(OmegaConf.to_container(pt_train_config(cfg), resolve=True))
 
 
 PT_KEYS = {"paper": ("rho_pt", "a_pt"), "ll": ("k_pt",)}  # the PT teacher's keys (its draw comes first)
@@ -80,17 +89,20 @@ def pt_identity(cfg: DictConfig) -> dict[str, Any]:
 
     d = cfg.dln
     keys = ("dim", "teacher", "inputs", "noise", "c_pt", "lam_pt") + PT_KEYS[d.teacher]
-    return {"dln": {**{k: d[k] for k in keys}, "n_pt": n_pt(d)},
-            "train": train_identity(OmegaConf.to_container(cfg.train, resolve=True))}
+    return {"dln": {**{k: d[k] for k in keys}, "n_pt": n_pt(d)}, "train": _pt_train_identity(cfg)}
 
 
 def _train_pt(cfg: DictConfig, members: list, device: str) -> tuple[DLNState, dict[str, list]]:
-    """dln.pt=train: gradient descent on finite PT data from the (c, lam) init, same trainer. Each
-    seed's end state is kept in the PT store (<store.root>/dln_pt/<hash of pt_identity>/seed<N>.pt) and
-    reused by every FT job that needs it; returns the members' states and {pt_status, pt_steps}."""
+    """dln.pt=train: gradient descent on finite PT data from the (c, lam) init, same trainer, with the
+    settings of pt_train_config (pt_train, else train). Each seed's end state, with whether it met the
+    threshold (status ok, else max_steps / diverged), its steps and train MSE, is kept in the PT store
+    (<store.root>/dln_pt/<hash of pt_identity>/seed<N>.pt) and reused by every FT job that needs it;
+    returns the members' states and {pt_status, pt_steps, pt_train_mse (, pt_restarts)} per member.
+    A PT that missed its threshold is named on the console (one line)."""
     from ptft.dln.model import init_state
 
     d = cfg.dln
+    tcfg = pt_train_config(cfg)
     store = RunDir(app.store_root(cfg), "dln_pt", pt_identity(cfg))
     files = [store.file(f"seed{m.seed}.pt") for m in members]
     store.path.mkdir(parents=True, exist_ok=True)
@@ -105,20 +117,33 @@ def _train_pt(cfg: DictConfig, members: list, device: str) -> tuple[DLNState, di
             task = DLNTask([x for x, _ in data], [y for _, y in data], init_state(d.c_pt, d.lam_pt, (len(todo), d.dim)),
                            device)
             ckpt = store.file("checkpoint_" + "_".join(str(members[b].seed) for b in todo) + ".pt")
-            trainer = Trainer(task, cfg.train, checkpoint=ckpt)
+            t0 = time.time()
+            trainer = Trainer(task, tcfg, checkpoint=ckpt)
             trainer.try_resume()
             out = trainer.run()
+            wall = time.time() - t0  # this process's share (a resumed PT's earlier time is not counted)
             for i, b in enumerate(todo):
+                more = {"restarts": int(out["restarts"][i])} if "restarts" in out else {}
                 write_checkpoint(files[b], {**{k: v[i] for k, v in task.state_dict().items()},
                                             "status": STATUS.get(out["status"][i], out["status"][i]),
-                                            "steps": int(out["steps"][i]), "train_mse": float(out["train_loss"][i])})
+                                            "steps": int(out["steps"][i]), "train_mse": float(out["train_loss"][i]),
+                                            "wall_s": wall, "batch": len(todo), **more})
                 previous_checkpoint(files[b]).unlink(missing_ok=True)
             ckpt.unlink(missing_ok=True)
             previous_checkpoint(ckpt).unlink(missing_ok=True)
         st = [read_checkpoint(f) for f in files]
     state = DLNState(*(np.stack([s[k].numpy() for s in st]) for k in DLNState._fields))
-    return state, {"pt_status": [s["status"] for s in st], "pt_steps": [int(s["steps"]) for s in st],
-                   "pt_train_mse": [float(s["train_mse"]) for s in st]}
+    info = {"pt_status": [s["status"] for s in st], "pt_steps": [int(s["steps"]) for s in st],
+            "pt_train_mse": [float(s["train_mse"]) for s in st]}
+    if all("restarts" in s for s in st):
+        info["pt_restarts"] = [int(s["restarts"]) for s in st]
+    missed = [f"seed {m.seed}: {s['status']} after {int(s['steps'])} steps, train MSE {float(s['train_mse']):.3g}"
+              for m, s in zip(members, st) if s["status"] != "ok"]
+    if missed:
+        print(f"[ptft] warning: PT missed its criterion (train MSE < {tcfg.threshold:g}) for {len(missed)} of "
+              f"{len(st)} seeds ({'; '.join(missed)}); fine-tuning starts from it (pt_status in result.json; "
+              f"pt_train.* sets PT's lr and budget)", flush=True)
+    return state, info
 
 
 def _member_results(cfg, members, start: DLNState, final: DLNState, train_mse: np.ndarray, out: dict,

@@ -141,10 +141,7 @@ def train_config(t: Any, batch_size: Optional[int] = None) -> PTFTTrainConfig:
 
 
 def validate_train_cfg(t: Any, key: str) -> None:
-    try:
-        validate_train(train_config(t))
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("train.", f"{key}.")) from None
+    validate_train(train_config(t), key)
 
 
 def validate_runtime(r: Any) -> None:

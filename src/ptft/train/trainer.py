@@ -83,43 +83,44 @@ class OptimTrainConfig(TrainConfig):
     warmup_steps: int = 0
 
 
-def validate_train(cfg: TrainConfig) -> None:
+def validate_train(cfg: TrainConfig, key: str = "train") -> None:
+    """ConfigError naming `key`.<field> (e.g. pt_train.lr for a pretraining block) on a bad value."""
     import dataclasses
 
     for k, v in (vars(cfg) if dataclasses.is_dataclass(cfg) else cfg).items():
         if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"train.{k}={v} must be a finite number")
+            raise ConfigError(f"{key}.{k}={v} must be a finite number")
         if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
-            raise ConfigError(f"train.{k}={v} is out of range (a 64-bit integer)")
+            raise ConfigError(f"{key}.{k}={v} is out of range (a 64-bit integer)")
     if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise ConfigError(f"train.lr={cfg.lr} must be a finite number > 0")
+        raise ConfigError(f"{key}.lr={cfg.lr} must be a finite number > 0")
     opt = getattr(cfg, "optimizer", "sgd")
     if opt not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer={opt!r} must be one of {list(OPTIMIZERS)}")
+        raise ConfigError(f"{key}.optimizer={opt!r} must be one of {list(OPTIMIZERS)}")
     wd = getattr(cfg, "weight_decay", 0.0)
     if not (math.isfinite(wd) and wd >= 0):
-        raise ConfigError(f"train.weight_decay={wd} must be a finite number >= 0")
+        raise ConfigError(f"{key}.weight_decay={wd} must be a finite number >= 0")
     betas = list(getattr(cfg, "betas", [0.9, 0.999]))
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ConfigError(f"train.betas={betas} must be two numbers in [0, 1)")
+        raise ConfigError(f"{key}.betas={betas} must be two numbers in [0, 1)")
     if getattr(cfg, "warmup_steps", 0) < 0:
-        raise ConfigError(f"train.warmup_steps={cfg.warmup_steps} must be >= 0")
+        raise ConfigError(f"{key}.warmup_steps={cfg.warmup_steps} must be >= 0")
     if opt == "adamw" and cfg.momentum != 0:
-        raise ConfigError(f"train.momentum={cfg.momentum} is SGD's; AdamW uses train.betas")
+        raise ConfigError(f"{key}.momentum={cfg.momentum} is SGD's; AdamW uses {key}.betas")
     if not 0 <= cfg.momentum < 1:
-        raise ConfigError(f"train.momentum={cfg.momentum} must be in [0, 1)")
+        raise ConfigError(f"{key}.momentum={cfg.momentum} must be in [0, 1)")
     if not cfg.threshold >= 0:
-        raise ConfigError(f"train.threshold={cfg.threshold} must be >= 0")
-    for key in ("max_steps", "max_epochs", "batch_size"):
-        v = getattr(cfg, key)
+        raise ConfigError(f"{key}.threshold={cfg.threshold} must be >= 0")
+    for name in ("max_steps", "max_epochs", "batch_size"):
+        v = getattr(cfg, name)
         if v is not None and v < 1:
-            raise ConfigError(f"train.{key}={v} must be >= 1 (or null)")
+            raise ConfigError(f"{key}.{name}={v} must be >= 1 (or null)")
     if cfg.max_steps is None and cfg.max_epochs is None:
-        raise ConfigError("set train.max_steps or train.max_epochs: a run needs a budget")
+        raise ConfigError(f"set {key}.max_steps or {key}.max_epochs: a run needs a budget")
     if cfg.diverge_above is not None and not cfg.diverge_above > 0:
-        raise ConfigError(f"train.diverge_above={cfg.diverge_above} must be > 0 (or null: only NaN / inf)")
+        raise ConfigError(f"{key}.diverge_above={cfg.diverge_above} must be > 0 (or null: only NaN / inf)")
     if cfg.log_every < 1 or cfg.eval_every < 0:
-        raise ConfigError("train.log_every must be >= 1 and train.eval_every >= 0")
+        raise ConfigError(f"{key}.log_every must be >= 1 and {key}.eval_every >= 0")
 
 
 class Task(Protocol):
