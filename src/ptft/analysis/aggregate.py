@@ -78,15 +78,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def added_defaults() -> dict[str, Any]:
     """Config keys added after runs were stored, with their defaults: a run made before a key existed
-    and one at its default are the same configuration (as in the run identity), so neither gets a column."""
-    from dataclasses import fields
-
-    from ptft.dln.config import NEW_DLN_KEYS, PTTrainConfig
+    and one at its default are the same configuration (as in the run identity), so neither gets a column.
+    The trainer's keys come from the trainer, each track's from the track registry (ptft.pipeline.track)."""
+    from ptft.pipeline.track import added_keys
     from ptft.train.trainer import NEW_TRAIN_KEYS
 
     return {**{f"{pre}.{k}": v for pre in ("train", "pretrain.train") for k, v in NEW_TRAIN_KEYS.items()},
-            **{f"dln.{k}": v for k, v in NEW_DLN_KEYS.items()},
-            **{f"pt_train.{f.name}": None for f in fields(PTTrainConfig)}}  # null: PT trains as `train`
+            **added_keys()}
 
 
 def config_columns(config: dict[str, Any]) -> dict[str, Any]:
