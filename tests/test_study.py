@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from ptft import ConfigError
-from ptft.study import stats
+from ptft.analysis import stats
 from ptft.study.plan import plan
 from ptft.study.spec import StudySpec, load, looks, names
 

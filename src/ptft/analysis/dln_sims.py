@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from scipy import stats
 
 from ptft.analysis.panels import PANELS, SCALES, SIM_ALPHAS, curve_config
 
@@ -104,8 +103,10 @@ def _run_group(overrides: list[str]) -> list[dict]:
 
 
 def ci95(x: np.ndarray) -> float:
-    """Half-width of the 95% confidence interval of the mean (Student t)."""
-    return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+    """Half-width of the 95% confidence interval of the mean (Student t; ptft.analysis.stats)."""
+    from ptft.analysis.stats import ci95_half
+
+    return ci95_half(x)
 
 
 def jobs_for(panels: str) -> list[tuple[dict, float]]:
@@ -194,7 +195,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--panels", default="".join(PANELS), help="which panels to simulate, e.g. acf (default all)")
-    ap.add_argument("--out", type=Path, default=None, help="CSV (default results/dln_sims_<scale>.csv)")
+    ap.add_argument("--out", type=Path, default=None, help="CSV (default results/dln_panels/dln_sims_<scale>.csv)")
     ap.add_argument("--alphas", default=None, help="only these of the 11 simulation alphas, e.g. 0.059,0.5")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default: the scale's)")
     a = ap.parse_args()
@@ -213,8 +214,8 @@ def main() -> None:
             ap.error(f"--alphas {unknown} not among the simulation alphas {list(SIM_ALPHAS)}")
     if a.seeds is not None and a.seeds < 1:
         ap.error("--seeds must be >= 1")
-    simulate(a.scale, a.store, a.workers, a.device, a.out or Path(f"results/dln_sims_{a.scale}.csv"), a.panels,
-             alphas, a.seeds)
+    out = a.out or Path(f"results/dln_panels/dln_sims_{a.scale}.csv")
+    simulate(a.scale, a.store, a.workers, a.device, out, a.panels, alphas, a.seeds)
 
 
 if __name__ == "__main__":

@@ -147,13 +147,11 @@ class Point:
         return float(np.std(self.values, ddof=1) / math.sqrt(self.n)) if self.n > 1 else math.nan
 
     def ci95(self) -> tuple[float, float]:
-        """Mean -+ t_{0.975, n-1} * SEM (Student t); NaN below 2 seeds."""
-        from scipy import stats
+        """Mean -+ t_{0.975, n-1} * SEM (Student t, ptft.analysis.stats); NaN below 2 seeds."""
+        from ptft.analysis.stats import interval
 
-        if self.n < 2:
-            return math.nan, math.nan
-        h = float(stats.t.ppf(0.975, self.n - 1)) * self.sem
-        return self.mean - h, self.mean + h
+        _, lo, hi = interval(self.values, 0.95)
+        return lo, hi
 
     @property
     def incomplete(self) -> bool:

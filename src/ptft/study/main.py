@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ptft import ArgumentParser, ConfigError
-from ptft.study import report, stats, table
+from ptft.analysis import stats
+from ptft.study import report, table
 from ptft.study.plan import plan
 from ptft.study.runner import DONE, job_dir, run_jobs, setup
 from ptft.study.spec import StudySpec, load, looks, names

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ptft.study import stats
+from ptft.analysis import stats
 from ptft.study.spec import StudySpec, looks
 from ptft.train.store import atomic_write_text
 

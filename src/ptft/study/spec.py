@@ -14,7 +14,7 @@
       - {arm: rich, expect: better, delta: 0.1, x_max: 0.3}
 
 Keys are typed (a dataclass schema merged with OmegaConf): a typo or a wrong type fails before any run.
-The statistics of predictions (paired differences, sequential intervals, verdicts) are in ptft.study.stats
+The statistics of predictions (paired differences, sequential intervals, verdicts) are in ptft.analysis.stats
 and described in docs/studies.md.
 """
 from __future__ import annotations
