@@ -218,5 +218,29 @@ def main() -> None:
     simulate(a.scale, a.store, a.workers, a.device, out, a.panels, alphas, a.seeds)
 
 
+def study_report(df, spec, out: Path) -> None:
+    """Hook of the dln_panels study (conf/study/dln_panels.yaml): its runs table -> the per-point table of
+    `simulate` (dln_sims_<scale>.csv: per (curve, alpha) the mean test error over seeds, its 95% CI, the status
+    of the point's job (the first non-ok member status by seed, as result.json) and the most steps), then the
+    six-panel figure with the replica theory (ptft.analysis.dln_figures.panels)."""
+    from ptft.analysis.dln_figures import panels as draw_panels
+
+    dim = int(df["dln.dim"].iloc[0])
+    scale = next((k for k, v in SCALES.items() if v["dim"] == dim and v["seeds"] == df["seed"].nunique()), None)
+    rows = []
+    for (arm, alpha), g in df.groupby(["arm", "x"], sort=False):
+        g = g.sort_values("seed")
+        err = g["test_mse"].astype(float).to_numpy()
+        statuses = [str(v) for v in g["status"]]
+        rows.append({**{k: float(g[f"dln.{k}"].iloc[0]) for k in CONFIG_KEYS}, "alpha": float(alpha), "dim": dim,
+                     "seeds": len(err), "error_mean": float(err.mean()), "error_ci95": ci95(err),
+                     "status": next((v for v in statuses if v != "ok"), "ok"),
+                     "steps_max": int(g["steps"].astype(int).max())})
+    name = f"dln_sims_{scale or 'custom'}.csv"
+    write_csv(rows, out / name)
+    if scale is not None:
+        draw_panels(out, out / name, scale=scale)
+
+
 if __name__ == "__main__":
     main()

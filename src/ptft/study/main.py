@@ -129,7 +129,9 @@ def check(spec: StudySpec, committed: Path) -> list[str]:
             old_rows = list(_csv.DictReader(fh))
         key = lambda r: (r["arm"], float(r["x"]), int(r["seed"]), str(r.get("replicate") or ""))  # noqa: E731
         by_key = {key(r): r for r in old_rows}
-        jobs = plan(spec, looks(spec.seeds)[0])[:spec.check.sample_jobs]
+        jobs = plan(spec, looks(spec.seeds)[0])
+        k = spec.check.sample_jobs
+        jobs = jobs[:k] if spec.check.pick == "first" else jobs[len(jobs) - k:]
         setup(spec.setup)
         store = t / "runs"
         fails = run_jobs(spec.app, spec.name, jobs, store, workers=min(spec.workers, len(jobs) or 1))

@@ -25,11 +25,12 @@ class Job:
     x: Optional[float] = None      # dln: the job's x value (finetune: every x in one job)
     replicate: Any = None
     panel: Any = None
+    arms: tuple[str, ...] = ()     # batch_arms: every arm of the study in this job (arm is "")
 
     @property
     def id(self) -> str:
         h = hashlib.sha256(json.dumps(list(self.args)).encode()).hexdigest()[:10]
-        return f"{self.arm}-s{self.seeds[0]}-{h}"
+        return f"{self.arm or 'arms'}-s{self.seeds[0]}-{h}"
 
 
 def _fmt(v: Any) -> str:
@@ -40,6 +41,29 @@ def _fmt(v: Any) -> str:
 
 def _list(vals) -> str:
     return "[" + ",".join(_fmt(v) for v in vals) + "]"
+
+
+def configs(spec: StudySpec) -> str:
+    """`dln.configs` of a batch_arms job: one entry per arm, its dln.* overrides without the prefix."""
+    return "[" + ",".join("{" + ",".join(o[len("dln."):].replace("=", ":", 1) for o in ov) + "}"
+                          for ov in spec.arms.values()) + "]"
+
+
+def arm_of(spec: StudySpec, row: dict) -> str:
+    """The arm whose overrides a run's config columns match (batch_arms jobs; the one with most keys), or ""."""
+    import yaml
+
+    def same(a, b) -> bool:
+        if isinstance(a, bool) or isinstance(b, bool):
+            return str(a).lower() == str(b).lower()
+        try:
+            return float(a) == float(b)
+        except (TypeError, ValueError):
+            return str(a) == str(b)
+
+    hits = [(len(ov), arm) for arm, ov in spec.arms.items()
+            if all(same(row.get(k), yaml.safe_load(v)) for k, _, v in (o.partition("=") for o in ov))]
+    return max(hits)[1] if hits else ""  # the most specific arm
 
 
 def seed_chunks(spec: StudySpec, first_seed: int, n_seeds: int) -> list[tuple[int, ...]]:
@@ -73,6 +97,16 @@ def _plan(spec: StudySpec, seeds: list, first_seed: int, n_seeds: int, reps: lis
     if spec.app == "dln":
         chunks = seed_chunks(spec, first_seed, n_seeds)
         for chunk in chunks:
+            if spec.seeds.batch_arms:
+                for rep in reps:
+                    for x in spec.x.values:
+                        args = [*common, f"{spec.x.key}={_fmt(x)}", f"dln.configs={configs(spec)}",
+                                f"dln.seeds={_list(chunk)}"]
+                        if rep is not None:
+                            args.append(f"{spec.replicates.key}={_fmt(rep)}")
+                        jobs.append(Job("", chunk, tuple(args), x=float(x), replicate=rep, panel=panel,
+                                        arms=tuple(spec.arms)))
+                continue
             for arm, ov in spec.arms.items():
                 for rep in reps:
                     for x in spec.x.values:

@@ -235,4 +235,19 @@ def write(df, spec: StudySpec, out: Path, command: str, runtime: Optional[str] =
             *pt_section(df, spec),
             "![figure](figure.png)", ""]
     atomic_write_text(paths[3], "\n".join(text))
+    if spec.hook:
+        run_hook(spec.hook, df, spec, out)
     return paths
+
+
+def run_hook(hook: str, df, spec: StudySpec, out: Path) -> None:
+    import importlib
+
+    from ptft import ConfigError
+
+    mod, _, fn = hook.partition(":")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"study {spec.name}: hook={hook!r} cannot be loaded ({e}); give module:function") from None
+    f(df, spec, out)

@@ -58,6 +58,7 @@ class Seeds:
     batch: int = 5               # seeds added per further look
     max: int = 5                 # the budget: no seed at or beyond `max` is run
     per_job: int = 0             # dln: seeds batched in one job (0: all of a look)
+    batch_arms: bool = False     # dln: every arm in one job per x (`dln.configs`: members sharing X step together)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Prediction:
 class Check:
     """How `ptft-study NAME --check` tests the committed outputs (the freshness registry lives here)."""
     sample_jobs: int = 1         # jobs of the plan rerun and compared row by row with the committed table
+    pick: str = "first"          # first | last jobs of the plan (the plan runs the costliest first where it can)
     rtol: float = 0.0            # 0: the compared cells must be equal as text
     compare: List[str] = field(default_factory=list)   # columns compared (default: the metric and status)
 
@@ -114,6 +116,7 @@ class StudySpec:
     alpha: float = 0.05          # family error per prediction row, split over the looks (Bonferroni)
     workers: int = 2
     check: Check = field(default_factory=Check)
+    hook: Optional[str] = None   # "module:function"(df, spec, out): a track's extra outputs (e.g. a theory overlay)
     name: str = ""               # the file's stem (set by load)
 
 
@@ -169,6 +172,12 @@ def validate(s: StudySpec, where: Any = "spec") -> None:
             bad("base", f"{o!r} is not a key=value override")
     if s.baseline not in s.arms:
         bad("baseline", f"{s.baseline!r} is not an arm ({', '.join(s.arms)})")
+    if s.seeds.batch_arms:
+        if s.app != "dln":
+            bad("seeds.batch_arms", "needs the dln app")
+        for arm, ov in s.arms.items():
+            if not ov or any(not o.startswith("dln.") or o.split("=")[0] in ("dln.seeds", "dln.configs") for o in ov):
+                bad(f"arms.{arm}", "with batch_arms every arm is a non-empty list of dln.* keys (not seeds/configs)")
     if not s.x.values:
         bad("x.values", "give at least one value")
     if s.app == "finetune" and s.x.key not in ("n_ft", "data.n_ft"):
@@ -189,6 +198,8 @@ def validate(s: StudySpec, where: Any = "spec") -> None:
         bad("replicates.per_seed", "needs the finetune app (one PT seed per job)")
     if not 0 < s.alpha < 1:
         bad("alpha", "in (0, 1)")
+    if s.check.pick not in ("first", "last"):
+        bad("check.pick", "first or last")
     if s.workers < 1:
         bad("workers", ">= 1")
     for i, pr in enumerate(s.predictions):

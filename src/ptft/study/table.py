@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ptft.analysis.aggregate import run_rows, to_csv, to_frame as _frame
-from ptft.study.plan import Job
+from ptft.study.plan import Job, arm_of
 from ptft.study.runner import job_dir, run_dirs_of
 from ptft.study.spec import StudySpec
 
@@ -41,7 +41,10 @@ def rows(spec: StudySpec, jobs: Sequence[Job], store: Path) -> list[dict]:
                 seed = r.get("seed")
                 if seed in (None, "") or int(seed) not in job.seeds:
                     continue
-                row = {"study": spec.name, "arm": job.arm, "panel": "" if job.panel is None else job.panel,
+                arm = job.arm or arm_of(spec, r)
+                if not arm:
+                    continue
+                row = {"study": spec.name, "arm": arm, "panel": "" if job.panel is None else job.panel,
                        "x": _x_of(spec, job, r), "seed": int(seed),
                        "replicate": "" if job.replicate is None else job.replicate}
                 row.update({k: v for k, v in r.items() if k not in DROP and k not in row})
