@@ -198,7 +198,7 @@ def preempt(monkeypatch, job, stage: str, at: int = 8) -> None:
 def test_damaged_metrics_lines_are_dropped_on_resume(tmp_path, monkeypatch, capsys, tail):
     ref_run, ref = run_job(dln_cfg(tmp_path / "ref"))
     preempt(monkeypatch, lambda: run_job(dln_cfg(tmp_path / "st")), "dln")
-    path = tmp_path / "st" / "dln" / ref_run.hash
+    path = tmp_path / "st" / "dln" / ref_run.run_hash
     m = path / "metrics.jsonl"
     m.write_bytes(m.read_bytes() + tail)
     capsys.readouterr()
@@ -269,7 +269,7 @@ def test_invalid_utf8_wandb_id_resumes_a_killed_run(tmp_path, monkeypatch):
     ref_run, ref = run_job(dln_cfg(tmp_path / "ref"))
     ov = ("wandb.mode=offline",)
     preempt(monkeypatch, lambda: run_job(dln_cfg(tmp_path / "st", *ov)), "dln")
-    path = tmp_path / "st" / "dln" / ref_run.hash
+    path = tmp_path / "st" / "dln" / ref_run.run_hash
     (path / "wandb_id.txt").write_bytes(b"\xff\xfe\xfd")
     _, res = run_job(dln_cfg(tmp_path / "st", *ov))
     assert science(res) == science(ref)
@@ -352,3 +352,66 @@ def test_plot_refuses_an_output_that_is_an_input(tmp_path, monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert code == 2 and "t.csv" in err and "input" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "t.csv").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. oversized requests are refused before they allocate
+# ------------------------------------------------------------------------------------------------
+MODARITH = ["data=modarith", "model=transformer"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("config,ov,needle", [
+    ("dln", ["dln.dim=1000000000"], "dln.dim=1000000000"),
+    ("dln", ["dln.n_test=1000000000000"], "dln.n_test=1000000000000"),
+    ("dln", ["dln.dim=1000000000", "dln.n_ft=1"], "dln.dim=1000000000"),
+    ("dln", ["dln.dim=100000", "dln.pt=train", "dln.n_pt=1000000"], "dln.n_pt=1000000"),
+    ("dln", ["dln.dim=30000", "dln.seeds=[0,1,2,3,4,5,6,7,8,9]"], "10 seed(s)"),
+    ("pretrain", [*MODARITH, "data.p=2305843009213693951"], "data.p=2305843009213693951"),  # prime: 2^61 - 1
+    ("pretrain", [*MODARITH, "data.p=1000000007"], "data.p=1000000007"),
+    ("finetune", [*MODARITH, "model.d_model=1000000000"], "model.d_model=1000000000"),
+    ("finetune", [*MODARITH, "model.d_model=16384", "model.n_heads=4"], "model.d_model=16384"),
+    ("pretrain", ["model.width=1000000"], "model.width=1000000"),
+])
+def test_oversized_request_is_refused_before_it_allocates(tmp_path, monkeypatch, config, ov, needle):
+    from ptft.limits import ENV
+
+    monkeypatch.setenv(ENV, "16")  # the same limit on every machine
+    with pytest.raises(ConfigError) as e:
+        app.check(config, [f"store.root={tmp_path}", "wandb.mode=disabled", *ov])
+    msg = str(e.value)
+    assert needle in msg and "GiB" in msg and ENV in msg and "\n" not in msg
+    assert not any(tmp_path.iterdir())
+
+
+def test_memory_limit_is_the_machines_unless_the_environment_says(monkeypatch, tmp_path):
+    from ptft import limits
+
+    monkeypatch.delenv(limits.ENV, raising=False)
+    assert limits.memory_limit() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    ov = [f"store.root={tmp_path}", "dln.dim=2000", "dln.n_test=100000"]  # 1.5 GiB of test inputs
+    monkeypatch.setenv(limits.ENV, "1")
+    with pytest.raises(ConfigError, match="dln.n_test=100000"):
+        app.check("dln", ov)
+    monkeypatch.setenv(limits.ENV, "4")
+    app.check("dln", ov)
+    monkeypatch.setenv(limits.ENV, "lots")
+    with pytest.raises(ConfigError, match=limits.ENV):
+        app.check("dln", ov)
+
+
+@pytest.mark.timeout(60)
+def test_ptft_data_refuses_an_oversized_set_before_writing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PTFT_MEMORY_LIMIT_GB", "16")
+    code = synthetic.main(["synthetic", "--root", str(tmp_path / "d"), "--format", "cifar100",
+                           "--n-train-per-class", "1000000000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--n-train-per-class=1000000000" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_primality_test_is_bounded():
+    from ptft.arith import data as D
+
+    assert [p for p in range(60) if D.is_prime(p)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59]
+    assert D.is_prime(1_000_000_007) and not D.is_prime(1_000_000_007 * 3)  # quick either way

@@ -88,15 +88,30 @@ def n_pairs(op: str, p: int) -> int:
     return p * (p - 1) if op == "div" else p * p
 
 
+def check_size(p: int, n_ops: int) -> None:
+    """The p^2 pairs of each op (pairs, tokens, labels, splits: ~64 bytes a pair) fit in memory (ptft.limits)."""
+    from ptft.limits import check_memory
+
+    check_memory(f"data.p={p} ({n_ops} ops of {p}^2 pairs)", 64.0 * n_ops * p * p, "lower data.p")
+
+
+def n_pt_train(cfg: ModArithConfig) -> int:
+    """Pretraining pairs (the full batch of every PT step)."""
+    return int(round(cfg.pt_frac * sum(n_pairs(o, cfg.p) for o in cfg.pt_ops)))
+
+
 def validate(cfg: ModArithConfig, check_n_ft: bool = True) -> None:
     """Every data check that needs no compute (check_n_ft=False: data.n_ft is not used, e.g. pretraining)."""
     if cfg.name != "modarith":
         raise ConfigError(f"data.name={cfg.name!r}: the arithmetic data group is data=modarith "
                           f"(switch datasets with the group syntax data=cifar100|svhn|modarith)")
     p = cfg.p
-    if not isinstance(p, int) or isinstance(p, bool) or p < 3 or not is_prime(p):
+    if not isinstance(p, int) or isinstance(p, bool) or p < 3:
         raise ConfigError(f"data.p={p!r} must be a prime >= 3")
     ops = list(cfg.pt_ops)
+    check_size(p, len(ops) + 1)  # before the primality test, which takes ~sqrt(p) steps
+    if not is_prime(p):
+        raise ConfigError(f"data.p={p!r} must be a prime >= 3")
     if not ops:
         raise ConfigError("data.pt_ops=[] is empty; give at least one op of " + str(list(OPS)))
     for key, vals in (("data.pt_ops", ops), ("data.ft_op", [cfg.ft_op])):
@@ -108,7 +123,7 @@ def validate(cfg: ModArithConfig, check_n_ft: bool = True) -> None:
     f = cfg.pt_frac
     if isinstance(f, bool) or not isinstance(f, (int, float)) or not np.isfinite(f) or not 0 < f <= 1:
         raise ConfigError(f"data.pt_frac={f!r} must be in (0, 1]")
-    if int(round(f * sum(n_pairs(o, p) for o in ops))) < 1:
+    if n_pt_train(cfg) < 1:
         raise ConfigError(f"data.pt_frac={f} leaves no pretraining pair at p={p}")
     avail = n_pairs(cfg.ft_op, p)
     if not check_n_ft:

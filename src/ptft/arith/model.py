@@ -129,3 +129,17 @@ def validate(cfg: TransformerConfig) -> None:
             raise ConfigError(f"model.{key}={v!r} must be an integer >= 1")
     if cfg.d_model % cfg.n_heads:
         raise ConfigError(f"model.d_model={cfg.d_model} must be a multiple of model.n_heads={cfg.n_heads}")
+    check_size(cfg)
+
+
+def check_size(cfg: TransformerConfig, p: int = 113, n_train: int = 0) -> None:
+    """The model (fp32 weights, gradients and two AdamW moments) and, given the data (modulus p, n_train
+    full-batch examples), its training activations fit in memory (ptft.limits), before anything is built."""
+    from ptft.limits import check_memory
+
+    d, m, vocab = cfg.d_model, cfg.d_mlp, p + 16
+    params = 4 * d * d + 2 * d * m + (vocab + N_CTX + p) * d + m + d
+    acts = n_train * (N_CTX * (8 * d + 2 * m + 2 * cfg.n_heads * N_CTX) + 3 * p)  # forward values, kept for backward
+    check_memory(f"model.d_model={d}, model.d_mlp={m}, model.n_heads={cfg.n_heads}" +
+                 (f" on {n_train} training pairs of data.p={p}" if n_train else ""),
+                 4.0 * (4 * params + 2 * acts), "lower model.d_model / model.d_mlp (or data.p)")

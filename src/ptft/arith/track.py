@@ -7,7 +7,7 @@ import torch
 
 from ptft import ConfigError
 from ptft.arith import data as D
-from ptft.arith.model import TransformerConfig, build_model, validate as validate_model
+from ptft.arith.model import TransformerConfig, build_model, check_size, validate as validate_model
 from ptft.arith.task import ArithTask
 from ptft.pipeline.track import Split, TaskData, Track
 
@@ -19,6 +19,7 @@ class ArithTrack(Track):
     def validate(self, cfg: Any, stage: str) -> None:
         D.validate(cfg.data, check_n_ft=cfg.runs.n_ft is None)
         validate_model(cfg.model)
+        check_size(cfg.model, cfg.data.p, D.n_pt_train(cfg.data))  # full-batch PT activations
         for key in ("train", "pretrain.train"):
             t = cfg.pretrain.train if key == "pretrain.train" else cfg.train
             if t.batch_size is not None:

@@ -114,9 +114,6 @@ def validate(cfg) -> None:
         if v is not None and v < 1:
             raise ConfigError(f"dln.{key}={v} must be >= 1 (or null: use dln.{'alpha' if key == 'n_ft' else 'alpha_pt'})")
     n = n_ft(d)
-    if n * d.dim > 2**37:  # the FT inputs alone would need more than 1 TiB (float64)
-        raise ConfigError(f"dln.alpha * dln.dim = {n:g} samples of dimension dln.dim={d.dim} do not fit in memory; "
-                          f"lower dln.alpha or dln.dim")
     if n < 1:
         raise ConfigError(f"dln.alpha * dln.dim = {d.alpha * d.dim:g} gives no training sample; raise alpha or dim")
     if d.mode not in ("ptft", "stl"):
@@ -155,6 +152,24 @@ def validate(cfg) -> None:
     if cfg.device not in ("cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise ConfigError(f"device={cfg.device!r} must be cpu, cuda or cuda:N")
     resolve_mode(cfg.wandb.mode)
+    _check_size(cfg)
+
+
+def _check_size(cfg) -> None:
+    """The job's float64 arrays (members x (FT + PT inputs + factors), the test inputs) fit in memory
+    (ptft.limits), else ConfigError naming the key that needs the most, before anything is allocated."""
+    from ptft.limits import check_memory
+
+    d = cfg.dln
+    B, dim = len(d.seeds) if d.seeds else 1, int(d.dim)
+    ft, pt = n_ft(d), n_pt(d) if d.mode == "ptft" and d.pt == "train" else 0
+    parts = {"dln.dim": 16 * B * dim, ("dln.n_ft" if d.n_ft is not None else "dln.alpha"): B * ft * dim,
+             ("dln.n_pt" if d.n_pt is not None else "dln.alpha_pt"): B * pt * dim, "dln.n_test": int(d.n_test) * dim}
+    key = max(parts, key=parts.get)
+    keys = "dln.dim" if key == "dln.dim" else f"dln.dim x {key}"
+    other = "" if key == "dln.dim" else f" with {key}={d[key[4:]]}"
+    check_memory(f"dln.dim={dim}{other} ({ft} FT samples, {pt} PT samples, {d.n_test} test "
+                 f"samples, {B} seed(s); float64)", 8.0 * sum(parts.values()), f"lower {keys}")
 
 
 def _validate_pt_train(cfg) -> None:

@@ -75,9 +75,21 @@ def build_model(name: str, num_classes: int, width: int = 64) -> ScalableResNet1
         raise ConfigError(f"model.name={name!r} must be one of {list(MODEL_NAMES)}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes={num_classes!r} must be an integer >= 1")
+    validate_width(width)
+    return ScalableResNet18(num_classes, width, stem="imagenet" if name == "resnet18" else "cifar")
+
+
+def validate_width(width: int, batch: int = 128) -> None:
+    """model.width is an integer >= 1 whose ResNet-18 (fp32 weights, gradients, momentum, 11.2M x (width/64)^2
+    parameters) and a training batch's activations (~29k x width values per 32x32 image with the CIFAR stem,
+    kept for backward) fit in memory (ptft.limits): ConfigError naming the key before anything is built."""
+    from ptft.limits import check_memory
+
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
         raise ConfigError(f"model.width={width!r} must be an integer >= 1 (torchvision ResNet-18: 64)")
-    return ScalableResNet18(num_classes, width, stem="imagenet" if name == "resnet18" else "cifar")
+    params = 11.2e6 * (width / 64) ** 2
+    check_memory(f"model.width={width} (a ResNet-18 of {params:.3g} parameters, batches of {batch} images)",
+                 4.0 * (3 * params + 2 * batch * 29e3 * width), "lower model.width (torchvision ResNet-18: 64)")
 
 
 def stage_of(module_name: str) -> str:

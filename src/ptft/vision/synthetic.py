@@ -339,6 +339,11 @@ def generate(root: str | Path, fmt: str, n_train_per_class: int = 100, n_test_pe
         raise ConfigError("ft_classes designates FT classes of a ground truth: give it only with "
                           "ground_truth=subset|new|dense (with mixed, data.ft_classes picks them)")
     ft_classes = 2 if ft_classes is None else ft_classes
+    from ptft.limits import check_memory
+
+    n_images = NUM_CLASSES[fmt] * (n_train_per_class + n_test_per_class)  # rendered in float64, ~4 copies
+    check_memory(f"--n-train-per-class={n_train_per_class} --n-test-per-class={n_test_per_class} ({n_images} "
+                 f"{fmt} images)", 4.0 * 8 * 3072 * n_images, "lower --n-train-per-class / --n-test-per-class")
     group_size = 5 if fmt == "cifar100" else 1
     xtr, ytr, xte, yte, truth = make_dataset(NUM_CLASSES[fmt], n_train_per_class, n_test_per_class, seed,
                                              group_size, noise, max_shift, distractors, ground_truth, ft_classes)

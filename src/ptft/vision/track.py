@@ -66,9 +66,9 @@ class VisionTrack(Track):
 
     def validate(self, cfg: Any, stage: str) -> None:
         validate_data_config(cfg.data)
-        w = cfg.model.width
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-            raise ConfigError(f"model.width={w!r} must be an integer >= 1 (torchvision: 64)")
+        from ptft.vision.models import validate_width
+
+        validate_width(cfg.model.width, max(t.batch_size or 128 for t in (cfg.train, cfg.pretrain.train)))
         for key in ("train", "pretrain.train"):
             t = cfg.pretrain.train if key == "pretrain.train" else cfg.train
             if t.max_epochs is None:
