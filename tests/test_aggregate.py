@@ -161,9 +161,9 @@ def test_real_dln_runs(tmp_path: Path):
     run1, res1 = dln_main.run_job(app.compose("dln", common + ["seed=5"]))
     run2, res2 = dln_main.run_job(app.compose("dln", common + ["dln.seeds=[1,2]"]))
     rows = by_hash(agg.collect(tmp_path / "runs"))
-    (r1,) = rows[run1.hash]
+    (r1,) = rows[run1.run_hash]
     assert r1["seed"] == 5 and r1["dln.dim"] == 20 and r1["status"] == res1["status"]
     assert r1["test_mse"] == res1["test_mse"] and r1["steps"] == res1["steps"]
-    rs = rows[run2.hash]
+    rs = rows[run2.run_hash]
     assert [r["seed"] for r in rs] == [1, 2]
     assert [r["test_mse"] for r in rs] == [m["test_mse"] for m in res2["members"]]

@@ -173,7 +173,7 @@ def test_pretrain_then_finetune_and_stl_record_the_metrics(tmp_path):
             assert k in r, k
         assert r["n_ft"] == 40 and r["n_test"] == 169 - 40 and r["steps"] == 40
         assert r["param_norm_end"] != r["param_norm_start"]
-    assert {r["pretrain"] for _, r in ft} == {pt_run.hash} and stl[0][1]["pretrain"] is None
+    assert {r["pretrain"] for _, r in ft} == {pt_run.run_hash} and stl[0][1]["pretrain"] is None
     a = ft[0][1]
     first = next((r["step"] for r in map(json.loads, (ft[0][0].path / "metrics.jsonl").read_text().splitlines())
                   if r.get("eval/test_acc", 0) >= 0.95), None)
@@ -251,11 +251,11 @@ def test_killed_pretraining_and_finetuning_resume_bit_identical(tmp_path, cli, k
     killed = small(tmp_path / "killed", *long)
     pt_only = [a for a in killed if not a.startswith("train.")]  # ptft-pretrain refuses the FT's train.* keys
     kill9_after_checkpoint("ptft-pretrain", pt_only, tmp_path / "killed" / "pretrain" / pt_hash, tmp_path)
-    kill9_after_checkpoint("ptft-finetune", killed, tmp_path / "killed" / "finetune" / ref_run.hash, tmp_path)
+    kill9_after_checkpoint("ptft-finetune", killed, tmp_path / "killed" / "finetune" / ref_run.run_hash, tmp_path)
     out = cli("ptft-finetune", *killed, cwd=tmp_path, check=True)
     run_dir = Path(out.stdout.strip().splitlines()[-1])
-    assert run_dir == tmp_path / "killed" / "finetune" / ref_run.hash
-    for stage, h in (("pretrain", pt_hash), ("finetune", ref_run.hash)):
+    assert run_dir == tmp_path / "killed" / "finetune" / ref_run.run_hash
+    for stage, h in (("pretrain", pt_hash), ("finetune", ref_run.run_hash)):
         a, b = (json.loads((tmp_path / d / stage / h / "result.json").read_text()) for d in ("ref", "killed"))
         a.pop("provenance"), b.pop("provenance")  # when and where it ran
         assert json.dumps(a) == json.dumps(b), stage  # bit-identical numbers, metrics and diagnostics included

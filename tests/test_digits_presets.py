@@ -57,7 +57,7 @@ def test_all_presets_share_one_pretraining_per_kappa_scale_seed():
     hashes = set()
     for name in PRESETS:
         cfg = app.compose("finetune", [f"experiment={name}", "seed=3", "ft.rescale=0.25", "ft.readout_scale=3"])
-        hashes.add(RunDir("", "pretrain", pretrain_identity(validate(cfg), cfg)).hash)
+        hashes.add(RunDir("", "pretrain", pretrain_identity(validate(cfg), cfg)).run_hash)
     assert len(hashes) == 1
 
 

@@ -12,7 +12,7 @@ from ptft import ConfigError, app
 from ptft.analysis import aggregate
 from ptft.dln.main import pt_identity, run_job, scientific
 from ptft.dln.multi import run_multi
-from ptft.train.store import config_hash, read_checkpoint
+from ptft.train.store import run_hash, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["dln.pt=train", "dln.dim=40", "dln.n_pt=60", "dln.n_ft=12", "dln.seeds=[0,1]", "train.lr=0.1",
@@ -51,16 +51,16 @@ def test_identities_default_pt_train_is_train_and_only_used_settings_count(tmp_p
     assert "pt_train" not in sci and pt_identity(base)["train"] == sci["train"]
     # spelling out train's own values is the same run and the same PT
     same = compose(tmp_path, "pt_train.lr=0.1", "pt_train.threshold=1e-6", "pt_train.log_every=7")
-    assert config_hash(scientific(same)) == config_hash(sci) and pt_identity(same) == pt_identity(base)
+    assert run_hash(scientific(same)) == run_hash(sci) and pt_identity(same) == pt_identity(base)
     other = compose(tmp_path, "pt_train.lr=0.5", "pt_train.max_steps=50000")
     assert scientific(other)["train"] == sci["train"]  # FT settings untouched
     assert (scientific(other)["pt_train"]["lr"], pt_identity(other)["train"]["max_steps"]) == (0.5, 50000)
-    assert config_hash(pt_identity(other)) != config_hash(pt_identity(base))
+    assert run_hash(pt_identity(other)) != run_hash(pt_identity(base))
     # PT with pt_train.lr=X is the PT of a job whose train.lr is X
     assert pt_identity(other) == pt_identity(compose(tmp_path, "train.lr=0.5", "train.max_steps=50000"))
     # STL trains no PT: pt_train is not part of its identity
     stl = ["dln.mode=stl", "pt_train.lr=0.5"]
-    assert config_hash(scientific(compose(tmp_path, *stl))) == config_hash(scientific(compose(tmp_path, "dln.mode=stl")))
+    assert run_hash(scientific(compose(tmp_path, *stl))) == run_hash(scientific(compose(tmp_path, "dln.mode=stl")))
 
 
 def test_committed_demo_runs_keep_their_run_hashes():
@@ -72,7 +72,7 @@ def test_committed_demo_runs_keep_their_run_hashes():
         ov = [f"{k}={v.replace(' ', '').replace('False', 'false').replace('True', 'true')}" for k, v in r.items()
               if k.split(".")[0] in ("dln", "train") and v != ""]
         cfg = app.compose_fast("dln", ov + [f"seed={r['seed']}", "name=demo"])
-        assert config_hash(scientific(cfg)) == h, r
+        assert run_hash(scientific(cfg)) == h, r
 
 
 def test_pt_uses_pt_train_and_a_missed_criterion_is_reported(tmp_path, capsys):

@@ -209,12 +209,12 @@ def test_panel_presets_hold_the_drivers_points(tmp_path):
     from ptft.analysis.dln_sims import job_overrides
     from ptft.analysis.panels import PANELS, curve_config
     from ptft.dln.main import scientific
-    from ptft.train.store import config_hash
+    from ptft.train.store import run_hash
 
     for p, (_, curves) in PANELS.items():
         cfg = app.compose("dln", [f"experiment=dln/panel_{p}", "dln.alpha=0.108", f"store.root={tmp_path}"])
-        got = sorted(config_hash(scientific(c)) for c in member_configs(cfg))
-        want = sorted(config_hash(scientific(app.compose("dln", job_overrides(curve_config(c), 0.108, 1000, 5,
+        got = sorted(run_hash(scientific(c)) for c in member_configs(cfg))
+        want = sorted(run_hash(scientific(app.compose("dln", job_overrides(curve_config(c), 0.108, 1000, 5,
                                                                              str(tmp_path)))))
                       for c in curves)
         assert got == want, p

@@ -136,8 +136,8 @@ def test_vision_pipeline_end_to_end_on_cuda_with_amp_channels_last_compile(tmp_p
     [(ft_run, _)] = run_finetune(app.compose("finetune", a))
     cpu = app.compose("finetune", _pipeline_args(root, store, "cpu"))
     track = validate(cpu)
-    pt_hash = RunDir("", "pretrain", pretrain_identity(track, cpu)).hash
-    assert (pt_run.hash, ft_run.hash) == (pt_hash, RunDir("", "finetune", finetune_identity(track, cpu, pt_hash)).hash)
+    pt_hash = RunDir("", "pretrain", pretrain_identity(track, cpu)).run_hash
+    assert (pt_run.run_hash, ft_run.run_hash) == (pt_hash, RunDir("", "finetune", finetune_identity(track, cpu, pt_hash)).run_hash)
     pt = json.loads((pt_run.path / "result.json").read_text())
     ft = json.loads((ft_run.path / "result.json").read_text())
     print("PT train loss", pt["train_loss"], "acc", pt["test_acc"], "| FT", ft["status"], ft["epochs"], ft["test_acc"])

@@ -222,14 +222,14 @@ def test_damaged_result_or_config_is_never_served_and_the_run_reruns(tmp_path, c
     elif what == "config-garbage":
         c.write_bytes(b"dln: [unclosed\n\xff\xfe")
     else:
-        c.write_text(c.read_text().replace(run.hash, "0123456789ab", 1))
+        c.write_text(c.read_text().replace(run.run_hash, "0123456789ab", 1))
     damaged = (c if what.startswith("config") else r).read_bytes()
     capsys.readouterr()
     run2, res2 = run_job(compose(tmp_path))
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if "moved aside" in ln]
     assert len(lines) == 1 and "runs again" in lines[0] and "not training again" not in out
-    assert science(res2) == science(res) and json.loads(r.read_text())["provenance"]["run_hash"] == run.hash
+    assert science(res2) == science(res) and json.loads(r.read_text())["provenance"]["run_hash"] == run.run_hash
     kept = run.path / (("config.yaml" if what.startswith("config") else "result.json") + ".damaged-1")
     assert kept.read_bytes() == damaged  # kept, never deleted
 
@@ -339,7 +339,7 @@ def test_result_carries_provenance(tmp_path):
     prov = json.loads(run.file("result.json").read_text())["provenance"]
     for k in PROV_KEYS:
         assert k in prov, k
-    assert prov["torch"] == torch.__version__ and prov["device"] == "cpu" and prov["run_hash"] == run.hash
+    assert prov["torch"] == torch.__version__ and prov["device"] == "cpu" and prov["run_hash"] == run.run_hash
     assert prov["wall_s"] >= 0 and prov["start"] <= prov["end"]
     repo = Path(__file__).resolve().parents[1]
     if (repo / ".git").exists():

@@ -49,8 +49,8 @@ def args(root: Path, store: Path, *flags: str) -> list[str]:
 def hashes(cfg) -> tuple[str, str]:
     """(pretraining hash, fine-tuning hash) of a config, computed without training."""
     track = validate(cfg)
-    pt = RunDir("", "pretrain", pretrain_identity(track, cfg)).hash
-    return pt, RunDir("", "finetune", finetune_identity(track, cfg, pt)).hash
+    pt = RunDir("", "pretrain", pretrain_identity(track, cfg)).run_hash
+    return pt, RunDir("", "finetune", finetune_identity(track, cfg, pt)).run_hash
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def _check_pipeline(root: Path, store: Path, names: tuple[str, ...]) -> None:
     want = {"device": "cpu", **{k: k in names for k in FLAGS}}
     pt_run, _ = run_pretrain(app.compose("pretrain", args(root, store, *flags)))
     [(ft_run, _)] = run_finetune(app.compose("finetune", args(root, store, *flags)))
-    assert (pt_run.hash, ft_run.hash) == hashes(app.compose("finetune", args(root, store)))  # same identity
+    assert (pt_run.run_hash, ft_run.run_hash) == hashes(app.compose("finetune", args(root, store)))  # same identity
     pt = json.loads((pt_run.path / "result.json").read_text())
     ft = json.loads((ft_run.path / "result.json").read_text())
     print(names, "PT train loss", pt["train_loss"], "acc", pt["test_acc"], "| FT", ft["status"], ft["epochs"],

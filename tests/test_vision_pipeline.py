@@ -71,7 +71,7 @@ def test_pretrain_then_finetune_beats_training_from_scratch(data_root, store, ca
     for run, r in ft + stl:
         assert r["status"] == "ok" and r["train_loss"] < 0.01 and r["n_ft"] == 10 and r["n_test"] == 100
         assert run.path.parent == store / "finetune" and (run.path / "metrics.jsonl").exists()
-    assert {r["pretrain"] for _, r in ft} == {pt_run.hash} and {r["pretrain"] for _, r in stl} == {None}
+    assert {r["pretrain"] for _, r in ft} == {pt_run.run_hash} and {r["pretrain"] for _, r in stl} == {None}
     assert len({run.path for run, _ in ft + stl}) == 6  # every run its own directory
     acc_ft = np.mean([r["test_acc"] for _, r in ft])
     acc_stl = np.mean([r["test_acc"] for _, r in stl])
@@ -144,7 +144,7 @@ def test_killed_pretraining_resumes_bit_identical(data_root, tmp_path, cli, kill
     args = [*pt_args(data_root, tmp_path / "ref"), "pretrain.train.ckpt_every_s=0.2"]
     ref_run, ref = run_pretrain(app.compose("pretrain", args))
     kill_args = [*pt_args(data_root, tmp_path / "killed"), "pretrain.train.ckpt_every_s=0.2"]
-    run_dir = tmp_path / "killed" / "pretrain" / ref_run.hash
+    run_dir = tmp_path / "killed" / "pretrain" / ref_run.run_hash
     kill9_after_checkpoint("ptft-pretrain", kill_args, run_dir, tmp_path)
     again = cli("ptft-pretrain", *kill_args, cwd=tmp_path, check=True)
     assert Path(again.stdout.strip().splitlines()[-1]) == run_dir
@@ -288,7 +288,7 @@ def test_bn_recalibrate_refreshes_running_statistics_and_is_part_of_the_identity
     base = [*ft_args(data_root, store), "ft.rescale=0.25", "data.n_ft=10", "train.max_epochs=1", "train.lr=1e-9"]
     (r0, _), = run_finetune(app.compose("finetune", base))
     (r1, _), = run_finetune(app.compose("finetune", [*base, "ft.bn_recalibrate=true"]))
-    assert r0.hash != r1.hash
+    assert r0.run_hash != r1.run_hash
     cfg = app.compose("finetune", base)
     assert "bn_recalibrate" not in finetune_identity(validate(cfg), cfg, "h")["ft"]  # old hashes kept
     with pytest.raises(ConfigError, match="bn_recalibrate"):

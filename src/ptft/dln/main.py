@@ -223,7 +223,7 @@ def run_job(cfg: DictConfig) -> tuple[RunDir, dict[str, Any]]:
             task.cap_lr(cfg.train.lr)
         ckpt = run.file("checkpoint.pt")
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        with progress(total=cfg.train.max_steps, desc=f"dln {run.hash}", unit="step") as bar:
+        with progress(total=cfg.train.max_steps, desc=f"dln {run.run_hash}", unit="step") as bar:
             trainer = Trainer(task, cfg.train, checkpoint=ckpt, bar=bar)
             resumed = trainer.try_resume()
             bar.update(trainer.step)

@@ -99,9 +99,9 @@ def run_multi(cfg: DictConfig) -> list[tuple[RunDir, dict[str, Any]]]:
     runs = [RunDir(root, "dln", scientific(c)) for c in subs]
     seen: dict[str, int] = {}
     for i, r in enumerate(runs):
-        if r.hash in seen:
-            raise ConfigError(f"dln.configs[{i}] is the same run as dln.configs[{seen[r.hash]}]; list it once")
-        seen[r.hash] = i
+        if r.run_hash in seen:
+            raise ConfigError(f"dln.configs[{i}] is the same run as dln.configs[{seen[r.run_hash]}]; list it once")
+        seen[r.run_hash] = i
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={cfg.device} but torch sees no CUDA device; use device=cpu")
     if cfg.train.momentum > 0 or cfg.train.restart_on_divergence:  # the shared-X engine is plain GD
@@ -116,7 +116,7 @@ def run_multi(cfg: DictConfig) -> list[tuple[RunDir, dict[str, Any]]]:
         print(f"[ptft] all {len(runs)} configurations finished, not training again (force=true reruns)", flush=True)
         return list(zip(runs, (results[i] for i in range(len(runs)))))
     with ExitStack() as stack:
-        for i in sorted(set(range(len(runs))) - set(results), key=lambda i: runs[i].hash):
+        for i in sorted(set(range(len(runs))) - set(results), key=lambda i: runs[i].run_hash):
             stack.enter_context(runs[i].lock())  # in hash order: two overlapping jobs cannot deadlock
         for i, r in enumerate(runs):
             if i not in results and r.finished and not cfg.force:  # finished while we waited

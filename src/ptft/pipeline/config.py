@@ -214,7 +214,7 @@ def pretrain_identity(track: Any, cfg: Any) -> dict:
             "train": train_identity(cfg.pretrain.train), "seed": int(cfg.pretrain.seed)}
 
 
-def finetune_identity(track: Any, cfg: Any, pt_hash: Optional[str]) -> dict:
+def finetune_identity(track: Any, cfg: Any, pt_run_hash: Optional[str]) -> dict:
     """Scientific keys of ONE fine-tuning (cfg.runs already expanded into data.n_ft and seed)."""
     ft = plain(cfg.ft)
     if not ft.get("bn_recalibrate"):
@@ -222,5 +222,5 @@ def finetune_identity(track: Any, cfg: Any, pt_hash: Optional[str]) -> dict:
     sci = {"mode": cfg.ft.mode, "data": track.data_identity(cfg.data, "finetune"), "model": plain(cfg.model),
            "init": plain(cfg.init), "ft": ft, "train": train_identity(cfg.train), "seed": int(cfg.seed)}
     if cfg.ft.mode == "finetune":
-        sci["pretrain"] = pt_hash
+        sci["pretrain"] = pt_run_hash
     return sci

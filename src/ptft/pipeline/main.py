@@ -94,7 +94,7 @@ def _train(task: Any, tcfg: Any, run: RunDir, resolved: dict, wandb_cfg: Any, *,
 
     The model's state at the start of training is kept in checkpoint.start.pt until the run finishes, so a resumed run
     reports the same start norm and (diagnose=True) the same per-stage diagnostics."""
-    with progress(desc=f"{stage} {run.hash}", unit="step") as bar:
+    with progress(desc=f"{stage} {run.run_hash}", unit="step") as bar:
         trainer = Trainer(task, tcfg, checkpoint=run.file("checkpoint.pt"), bar=bar)
         start = task.state_dict()  # a copy of the state made from the seed
         resumed = trainer.try_resume()
@@ -179,7 +179,7 @@ def _pretrain_run(cfg: DictConfig, track: Any, *, force: bool, name: str, record
         if force:
             run.clear_result()  # model.pt and result.json stay until the new ones replace them
         pt, pte = task_data.pt_train, task_data.pt_test
-        print(f"[ptft] pretraining {run.hash} on {len(pt)} examples of {len(task_data.pt_classes)} classes "
+        print(f"[ptft] pretraining {run.run_hash} on {len(pt)} examples of {len(task_data.pt_classes)} classes "
               f"({device})", flush=True)
         resolved = {k: OmegaConf.to_container(cfg[k], resolve=True)
                     for k in ("data", "model", "init", "pretrain", "runtime")}
@@ -241,21 +241,21 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
 
 def _pretrained_state(cfg: DictConfig, track: Any, cache: dict) -> tuple[str, dict, dict]:
     """(hash, state_dict, result) of the pretrained model of `cfg`, trained first if absent."""
-    key = RunDir("", "pretrain", pretrain_identity(track, cfg)).hash
+    key = RunDir("", "pretrain", pretrain_identity(track, cfg)).run_hash
     if key not in cache:
         run, res = _pretrain_run(cfg, track, force=False, name="pretrain:" + app.overrides_name())
         if res["status"] == "diverged":
             raise ConfigError(f"the pretrained model {run.path} diverged (NaN loss); fine-tuning from it is "
                               f"meaningless: lower pretrain.train.lr")
-        cache[key] = (run.hash, torch.load(run.file(MODEL), map_location="cpu", weights_only=True), res)
+        cache[key] = (run.run_hash, torch.load(run.file(MODEL), map_location="cpu", weights_only=True), res)
     return cache[key]
 
 
 def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, name: str
                   ) -> tuple[RunDir, dict[str, Any]]:
     mode = cfg.ft.mode
-    pt_hash, pt_state, pt_res = _pretrained_state(cfg, track, pt_cache) if mode == "finetune" else (None, None, None)
-    run = RunDir(app.store_root(cfg), "finetune", finetune_identity(track, cfg, pt_hash))
+    pt_run_hash, pt_state, pt_res = _pretrained_state(cfg, track, pt_cache) if mode == "finetune" else (None, None, None)
+    run = RunDir(app.store_root(cfg), "finetune", finetune_identity(track, cfg, pt_run_hash))
     app.record_run_dir(run.path)
     if run.finished and not cfg.force:
         print(f"[ptft] finished run found, not training again (force=true reruns): {run.path}", flush=True)
@@ -289,7 +289,7 @@ def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, n
                         group=str(cfg.name), name=f"{name},n_ft={len(ft)},seed={seed}",
                         diagnose=bool(cfg.runtime.diagnostics))
         result.update(mode=mode, n_ft=len(ft), seed=seed, n_test=len(te), batch_size=tcfg.batch_size,
-                      pretrain=pt_hash, pt_status=pt_res["status"] if pt_res else None,
+                      pretrain=pt_run_hash, pt_status=pt_res["status"] if pt_res else None,
                       pt_test_acc=pt_res.get("test_acc") if pt_res else None,
                       rescale=float(cfg.ft.rescale), readout_scale=float(cfg.ft.readout_scale), head=cfg.ft.head,
                       **runtime_facts(task, device))

@@ -54,8 +54,9 @@ class DamagedFile(RuntimeError):
     """A stored file could not be read back (truncated, corrupted, wrong format)."""
 
 
-def config_hash(sci: dict[str, Any], length: int = 12) -> str:
-    """Stable hash of a (nested, JSON-able) scientific config; key order does not matter."""
+def run_hash(sci: dict[str, Any], length: int = 12) -> str:
+    """A run's identity (its directory name, result tables' run_hash): a stable hash of its (nested, JSON-able)
+    scientific config; key order does not matter."""
     text = json.dumps(sci, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
@@ -336,8 +337,8 @@ class RunDir:
 
     def __init__(self, root: str | Path, stage: str, sci: dict[str, Any]):
         self.sci = sci
-        self.hash = config_hash(sci)
-        self.path = Path(root) / stage / self.hash
+        self.run_hash = run_hash(sci)
+        self.path = Path(root) / stage / self.run_hash
         self.started: Optional[float] = None
         self._config: dict[str, Any] = {}
 
@@ -377,8 +378,8 @@ class RunDir:
         if problem:
             return f"result.json is invalid ({problem})", []
         prov = res.get("provenance") if isinstance(res.get("provenance"), dict) else {}
-        if prov.get("run_hash") not in (None, self.hash):
-            return f"result.json belongs to run {prov['run_hash']}, not {self.hash}", []
+        if prov.get("run_hash") not in (None, self.run_hash):
+            return f"result.json belongs to run {prov['run_hash']}, not {self.run_hash}", []
         cfg = self.file(CONFIG)
         if cfg.exists():
             try:
@@ -387,8 +388,8 @@ class RunDir:
                 first = cfg.read_bytes()[:200].decode(errors="replace").split("\n", 1)[0]
             except Exception as e:  # OSError, UnicodeError, yaml.YAMLError, ...
                 return f"config.yaml is unreadable ({type(e).__name__}: {str(e)[:100]})", [cfg]
-            if first.startswith(_HASH_LINE) and first[len(_HASH_LINE):].strip() != self.hash:
-                return f"config.yaml belongs to run {first[len(_HASH_LINE):].strip()}, not {self.hash}", [cfg]
+            if first.startswith(_HASH_LINE) and first[len(_HASH_LINE):].strip() != self.run_hash:
+                return f"config.yaml belongs to run {first[len(_HASH_LINE):].strip()}, not {self.run_hash}", [cfg]
         for name, digest in (prov.get("files") or {}).items():
             f = self.file(name)
             if not os.path.lexists(f):
@@ -407,7 +408,7 @@ class RunDir:
     def write_result(self, result: dict[str, Any]) -> None:
         """Write result.json, adding `provenance` to `result` (in place): what made it, the sha256 of the
         run's artifacts. Stale previous checkpoints are removed (the run no longer needs them)."""
-        prov = provenance(self.hash, self.started or _PROCESS_START,
+        prov = provenance(self.run_hash, self.started or _PROCESS_START,
                           result.get("device") or _dig(self._config, "device") or _dig(self._config, "runtime.device"))
         prov["files"] = {p.name: sha256_file(p) for p in _artifacts(self.path)}
         result["provenance"] = prov
@@ -425,7 +426,7 @@ class RunDir:
             self._config = loaded if isinstance(loaded, dict) else {}
         except Exception:
             self._config = {}
-        atomic_write_text(self.file(CONFIG), f"{_HASH_LINE}{self.hash}\n{yaml_text}")
+        atomic_write_text(self.file(CONFIG), f"{_HASH_LINE}{self.run_hash}\n{yaml_text}")
 
     def clear_result(self) -> None:
         """For force=true: forget the checkpoints (the run starts over). result.json and the artifacts stay
