@@ -29,12 +29,11 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ptft import ConfigError  # noqa: E402
-from ptft.analysis.panels import (GROUND_TRUTHS, PANELS, PAPER_DEFAULTS, REGIMES, SCALES, SIM_ALPHAS,  # noqa: E402
-                                  THEORY_ALPHAS, curve_config, unique_curves)
+from ptft.analysis.panels import (CONFIG_KEYS, GROUND_TRUTHS, PANELS, PAPER_DEFAULTS, REGIMES, SCALES,  # noqa: E402
+                                  SIM_ALPHAS, THEORY_ALPHAS, curve_config, job_overrides, unique_curves)
 from ptft.dln.replica import ReplicaResult, generalization_error  # noqa: E402
 from ptft.dln.theory import L_SPLIT, PD_SPLIT, l_order, pt_dependence, regime_of  # noqa: E402
 
-CONFIG_KEYS = ["rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega"]  # as in dln_sims
 SIM_COLUMNS = CONFIG_KEYS + ["alpha", "dim", "seeds", "error_mean", "error_ci95", "status", "steps_max"]
 THEORY_COLUMNS = CONFIG_KEYS + ["alpha", "error", "residual", "converged", "iters"]
 POINT_COLUMNS = ["panel"] + CONFIG_KEYS + ["alpha", "kind", "error", "residual", "converged", "ci95", "status",
@@ -260,7 +259,7 @@ def sims_from_store(store: Path, scale: str, curves: Iterable[dict] | None = Non
                     alphas: Sequence[float] = SIM_ALPHAS) -> list[dict]:
     """Rows (sims CSV format) of the dln_sims jobs already finished in a run store; trains nothing."""
     from ptft import app
-    from ptft.analysis.dln_sims import ci95, job_overrides
+    from ptft.analysis.stats import ci95_half as ci95
     from ptft.dln.main import scientific
     from ptft.train.store import RunDir
 

@@ -23,38 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from ptft.analysis.panels import PANELS, SCALES, SIM_ALPHAS, curve_config
-
-CONFIG_KEYS = ["rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega"]
-
-
-def _curve_keys(curve: dict) -> dict:
-    # a large readout scale (gamma = 10: c_FT >= 50) makes lr 0.5 unstable at small n: cap the step there
-    return {**curve, **({"lr_cap": True} if curve.get("gamma", 0.0) >= 5 else {})}
-
-
-def _common(alpha: float, dim: int, seeds: int | list[int], store: str, device: str) -> list[str]:
-    """`seeds`: a count (seeds 0 .. seeds - 1) or the list of seeds."""
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    return [f"dln.alpha={alpha}", f"dln.dim={dim}", f"dln.seeds={seeds}", f"store.root={store}",
-            "wandb.mode=disabled", "name=dln_sims", f"device={device}"]
-
-
-def _value(v) -> str:
-    return "true" if v is True else "false" if v is False else repr(v)
-
-
-def job_overrides(curve: dict, alpha: float, dim: int, seeds: int, store: str, device: str = "cpu") -> list[str]:
-    """The single-configuration job of one (curve, alpha): its run directory is the point's."""
-    return [f"dln.{k}={_value(v)}" for k, v in _curve_keys(curve).items()] + _common(alpha, dim, seeds, store, device)
-
-
-def group_overrides(curves: list[dict], alpha: float, dim: int, seeds: int | list[int], store: str,
-                    device: str = "cpu") -> list[str]:
-    """One multi-configuration job over `curves` at one alpha (shared X per seed)."""
-    entries = ",".join("{" + ",".join(f"{k}:{_value(v)}" for k, v in _curve_keys(c).items()) + "}" for c in curves)
-    return [f"dln.configs=[{entries}]"] + _common(alpha, dim, seeds, store, device)
-
+from ptft.analysis.panels import (CONFIG_KEYS, PANELS, SCALES, SIM_ALPHAS, curve_config,  # noqa: F401
+                                  group_overrides, job_overrides)
 
 _DRIVER: Optional[int] = None  # pid of the driver that started this pool worker (worker_init)
 

@@ -1,7 +1,8 @@
 """The DLN figures of docs/paper.md section 7 as data: which configurations each panel compares.
 
 Every curve is a dict of `dln.*` values (the rest at the paper's settings: rho_pt = 0.1, a_pt = 1,
-c = 1e-3, lam = gamma = 0, rho_ft = 0.1). Both the simulation driver and the plots read these.
+c = 1e-3, lam = gamma = 0, rho_ft = 0.1). Both the simulation driver and the plots read these, and the
+`ptft-dln` overrides of each point's job.
 """
 from __future__ import annotations
 
@@ -62,3 +63,36 @@ def unique_curves() -> list[dict]:
                 seen.add(key)
                 out.append(cfg)
     return out
+
+
+# ---- the ptft-dln job of each point (dln_sims runs them; dln_figures and the studies find their runs) ----
+# the config columns of the sims CSV (ptft.analysis.dln_sims) and of the figures' tables (dln_figures)
+CONFIG_KEYS = ["rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega"]
+
+
+def _curve_keys(curve: dict) -> dict:
+    # a large readout scale (gamma = 10: c_FT >= 50) makes lr 0.5 unstable at small n: cap the step there
+    return {**curve, **({"lr_cap": True} if curve.get("gamma", 0.0) >= 5 else {})}
+
+
+def _common(alpha: float, dim: int, seeds: int | list[int], store: str, device: str) -> list[str]:
+    """`seeds`: a count (seeds 0 .. seeds - 1) or the list of seeds."""
+    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    return [f"dln.alpha={alpha}", f"dln.dim={dim}", f"dln.seeds={seeds}", f"store.root={store}",
+            "wandb.mode=disabled", "name=dln_sims", f"device={device}"]
+
+
+def _value(v) -> str:
+    return "true" if v is True else "false" if v is False else repr(v)
+
+
+def job_overrides(curve: dict, alpha: float, dim: int, seeds: int, store: str, device: str = "cpu") -> list[str]:
+    """The single-configuration job of one (curve, alpha): its run directory is the point's."""
+    return [f"dln.{k}={_value(v)}" for k, v in _curve_keys(curve).items()] + _common(alpha, dim, seeds, store, device)
+
+
+def group_overrides(curves: list[dict], alpha: float, dim: int, seeds: int | list[int], store: str,
+                    device: str = "cpu") -> list[str]:
+    """One multi-configuration job over `curves` at one alpha (shared X per seed)."""
+    entries = ",".join("{" + ",".join(f"{k}:{_value(v)}" for k, v in _curve_keys(c).items()) + "}" for c in curves)
+    return [f"dln.configs=[{entries}]"] + _common(alpha, dim, seeds, store, device)
