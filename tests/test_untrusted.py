@@ -415,3 +415,181 @@ def test_primality_test_is_bounded():
 
     assert [p for p in range(60) if D.is_prime(p)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59]
     assert D.is_prime(1_000_000_007) and not D.is_prime(1_000_000_007 * 3)  # quick either way
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. degenerate inputs are refused
+# ------------------------------------------------------------------------------------------------
+def test_zero_gradient_init_is_refused_by_ptft_dln_as_by_ptft_theory(tmp_path, capsys):
+    from ptft.dln import advise
+
+    with pytest.raises(ConfigError, match=r"dln.lam_pt=-1 with dln.gamma=0 gives k = 0") as e:
+        app.check("dln", [f"store.root={tmp_path}", "dln.lam_pt=-1", "dln.gamma=0"])
+    assert advise.main(["advise", "--rho-pt", "0.1", "--rho-ft", "0.1", "--omega", "1", "--alpha", "0.2",
+                        "--candidates", "1e-3,-1,0"]) == 2
+    why = "gives k = 0 (undefined penalty; fine-tuning starts at a zero gradient and never moves)"
+    assert why in str(e.value) and why in capsys.readouterr().err  # one check, shared
+    for ok in (["dln.gamma=0.1"], ["dln.mode=stl"], ["dln.ft_reinit=scale"], ["dln.lam_pt=-0.999"]):
+        app.check("dln", [f"store.root={tmp_path}", "dln.lam_pt=-1", "dln.gamma=0", *ok])
+
+
+@pytest.mark.parametrize("marker", [b"[]", b"{}", b'{"formats": []}', b'{"formats": {"cifar100": {}}}',
+                                    b'{"formats": {"cifar100": {"files": ["x"]}}}',
+                                    b'{"formats": {"cifar100": {"files": {"cifar-100-python/train": 5}}}}',
+                                    b"\xff\xfe{", b"{\"formats\": "])
+def test_malformed_marker_is_one_clear_line(cifar_root, tmp_path, marker):
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    (root / synthetic.MARKER).write_bytes(marker)
+    with pytest.raises(ConfigError) as e:
+        load_split("cifar100", str(root), train=True)
+    assert str(root / synthetic.MARKER) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_empty_store_root_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for empty in ("store.root=", "store.root=' '"):
+        with pytest.raises(ConfigError, match="store.root is empty"):
+            app.precheck("dln", [empty])
+    assert not any(tmp_path.iterdir())
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+
+
+@pytest.mark.timeout(60)
+def test_yaml_alias_bomb_in_a_store_is_not_expanded(tmp_path, capsys):
+    from ptft.analysis.aggregate import collect
+
+    run, ref = run_job(dln_cfg(tmp_path))
+    run.file("config.yaml").write_text(BOMB)  # 9^10 strings once expanded
+    (row,) = collect(tmp_path)
+    assert row["status"] == "ok" and not any(k.startswith("dln.") for k in row)  # config unreadable, result kept
+    _, res = run_job(dln_cfg(tmp_path))  # the run's own check moves it aside and reruns
+    assert science(res) == science(ref) and list(run.path.glob("config.yaml.damaged-*"))
+    assert "aliases" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. one line instead of a traceback
+# ------------------------------------------------------------------------------------------------
+def one_line(err: str) -> bool:
+    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_output_paths_that_are_directories_or_unwritable(tmp_path, capsys):
+    from ptft.analysis import aggregate, plot
+    from ptft.dln import advise
+
+    run_job(dln_cfg(tmp_path / "st"))
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "adir", tmp_path / "afile" / "t.csv", Path("/proc/ptft-test/t.csv")):
+        assert aggregate.main([str(tmp_path / "st"), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert one_line(err) and str(out) in err
+        theory = ["advise", "--rho-pt", "0.1", "--rho-ft", "0.1", "--omega", "1", "--alpha", "0.2",
+                  "--candidates", "1e-3,0,0", "--csv", str(out)]
+        assert advise.main(theory) == 2
+        err = capsys.readouterr().err
+        assert one_line(err) and str(out) in err
+    for out in (tmp_path / "adir.png", tmp_path / "afile" / "t.png"):
+        (tmp_path / "adir.png").mkdir(exist_ok=True)
+        assert plot.main([str(tmp_path / "st"), "--hue", "dln.lam_pt", "--out", str(out)]) == 2
+        assert one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_hydra_output_dir_that_cannot_be_made_is_refused(tmp_path, monkeypatch, key):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    multirun = ["-m"] if key == "hydra.sweep.dir" else []
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "sub", "/proc/ptft-test"):
+        with pytest.raises(ConfigError, match=f"{key}=.*cannot create or write"):
+            app.precheck("dln", [*multirun, f"{key}={bad}", "store.root=st"])
+    app.precheck("dln", [*multirun, f"{key}={tmp_path / 'fine' / '${now:%H}'}", "store.root=st"])
+
+
+def test_run_dir_that_is_a_file_and_lock_that_is_a_directory_are_moved_aside(tmp_path, capsys):
+    run, ref = run_job(dln_cfg(tmp_path / "ref"))
+    path = tmp_path / "st" / "dln" / run.path.name
+    path.parent.mkdir(parents=True)
+    path.write_text("not a run")
+    Path(str(path) + ".lock").mkdir()
+    _, res = run_job(dln_cfg(tmp_path / "st"))
+    out = capsys.readouterr().out
+    assert science(res) == science(ref) and "is not a directory" in out and "is not a file" in out
+    assert len(list(path.parent.glob("*.damaged-*"))) == 2
+
+
+def test_binary_run_dir_txt_in_a_hydra_job_is_moved_aside(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from ptft.analysis.aggregate import collect
+    from ptft.dln.cli import main as dln_main
+
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "run_dir.txt").write_bytes(b"\xff\xfe\x00\x81binary")
+    monkeypatch.setattr(sys, "argv", ["ptft-dln", f"hydra.run.dir={job}", "store.root=st", *DLN])
+    dln_main()
+    out = capsys.readouterr().out
+    assert "run_dir.txt is damaged" in out and list(job.glob("run_dir.txt.damaged-*"))
+    run_dir = out.strip().splitlines()[-1]
+    assert (job / "run_dir.txt").read_text().split() == [run_dir]
+    (job / "run_dir.txt").write_bytes(b"\xff\xfe")  # ptft-aggregate: found through the config instead
+    rows = collect(job)
+    assert [r["run_dir"] for r in rows] == [run_dir] and rows[0]["status"] == "ok"
+
+
+def unreadable(monkeypatch, target: Path) -> None:
+    """Make `target` unreadable: chmod 000 where that works; as root (which reads anyway) emulate it by
+    making every open() of it fail with EACCES, as the kernel would for another user."""
+    import builtins
+    import io
+
+    if os.geteuid() != 0:
+        os.chmod(target, 0)
+        return
+    real = builtins.open
+
+    def guarded(file, *a, **k):
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve() == target.resolve():
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(io, "open", guarded)
+
+
+@pytest.mark.parametrize("rel", ["cifar-100-python/train", "cifar-100-python/meta", synthetic.MARKER])
+def test_unreadable_data_file_is_one_line(cifar_root, tmp_path, monkeypatch, rel):
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    unreadable(monkeypatch, root / rel)
+    with pytest.raises(ConfigError) as e:
+        load_split("cifar100", str(root), train=True)
+    assert str(root / rel) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unwritable_data_root_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for root in ("/proc/ptft-test", str(tmp_path / "afile" / "sub")):
+        assert synthetic.main(["synthetic", "--root", root, "--format", "svhn", "--n-train-per-class", "2"]) == 2
+        err = capsys.readouterr().err
+        assert one_line(err) and root in err
+
+
+def test_misleading_messages_name_the_real_cause(tmp_path, capsys):
+    from ptft.dln import advise
+
+    assert advise.main(["advise", "--rho-pt", "0.1", "--rho-ft", "0.1", "--omega", "1", "--alpha", "0.2",
+                        "--candidates", "1e-300,0,0"]) == 2
+    err = capsys.readouterr().err
+    assert "lam = -1" not in err and "underflows" in err and "c=1e-300" in err and one_line(err)
+    with pytest.raises(ConfigError) as e:  # a pretraining that diverges because of its initialisation
+        run_finetune(arith_cfg(tmp_path, "init.scale=1e9"))
+    assert "lower init.scale" in str(e.value)

@@ -70,28 +70,55 @@ def launch_cwd() -> Path:
 
 def store_root(cfg: DictConfig) -> Path:
     """store.root as an absolute path; ConfigError if it cannot be created or written. Creates nothing
-    (the run store makes its directories when a run starts): a missing root is probed by making and
-    removing a uniquely named directory in its nearest existing parent, so concurrent jobs never race."""
+    (the run store makes its directories when a run starts): see unwritable_dir."""
+    if cfg.store.root is None or not str(cfg.store.root).strip():
+        raise ConfigError("store.root is empty: give the run store's directory (default: runs; '.' for the "
+                          "current directory)")
+    root = Path(os.path.expanduser(str(cfg.store.root)))
+    root = root if root.is_absolute() else launch_cwd() / root
+    why = unwritable_dir(root)
+    if why:
+        raise ConfigError(f"store.root={cfg.store.root!s}: cannot create or write that directory ({why}); "
+                          f"choose a writable one")
+    return root
+
+
+def unwritable_dir(path: Path) -> Optional[str]:
+    """Why a directory cannot be created or written (None if it can); creates nothing. A missing one is
+    probed by making and removing a uniquely named directory in its nearest existing parent, so concurrent
+    jobs never race."""
     import tempfile
 
     try:
-        root = Path(os.path.expanduser(str(cfg.store.root)))
-        root = root if root.is_absolute() else launch_cwd() / root
-        if root.exists():
-            if not root.is_dir():
+        path = Path(path)
+        if path.exists():
+            if not path.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-            if not os.access(root, os.W_OK | os.X_OK):
+            if not os.access(path, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "not writable")
         else:
-            parent = next(p for p in root.parents if p.exists())
+            parent = next(p for p in path.parents if p.exists())
             if not parent.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, f"{parent} is not a directory")
             os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".ptft-probe-"))
     except (OSError, ValueError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError(f"store.root={cfg.store.root!s}: cannot create or write that directory ({why}); "
-                          f"choose a writable one") from None
-    return root
+        return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return None
+
+
+def _check_output_dir(overrides: Sequence[str], multirun: bool) -> None:
+    """hydra.run.dir (hydra.sweep.dir with -m), up to its first interpolation, can be created and written:
+    else one line now, not Hydra's traceback when it makes the job's directory."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    value = given[-1] if given else ("multirun/" if multirun else "outputs/")
+    static = value.split("${", 1)[0]
+    path = Path(os.path.expanduser(static or "."))
+    if "${" in value and not static.endswith("/"):
+        path = path.parent
+    why = unwritable_dir(path if path.is_absolute() else Path.cwd() / path)
+    if why:
+        raise ConfigError(f"{key}={value}: cannot create or write {path} ({why}); choose a writable directory")
 
 
 def record_run_dir(path: Path) -> None:
@@ -103,10 +130,14 @@ def record_run_dir(path: Path) -> None:
         out = Path(HydraConfig.get().runtime.output_dir)
     except Exception:
         return
-    from ptft.train.store import atomic_write_text
+    from ptft.train.store import atomic_write_text, move_aside
 
     ptr = out / "run_dir.txt"
-    lines = ptr.read_text().splitlines() if ptr.exists() else []
+    try:
+        lines = ptr.read_text().splitlines() if os.path.lexists(ptr) else []
+    except (OSError, ValueError) as e:  # not text (UnicodeDecodeError), a directory, unreadable
+        print(f"[ptft] {ptr} is damaged ({type(e).__name__}); moved to {move_aside(ptr).name}", flush=True)
+        lines = []
     if str(Path(path).resolve()) not in lines:
         atomic_write_text(ptr, "".join(ln + "\n" for ln in [*lines, str(Path(path).resolve())]))
 
@@ -382,6 +413,7 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
     overrides = list(args.overrides)
     if not args.multirun:
         _check_store(check(config_name, overrides))
+        _check_output_dir(overrides, False)
         return
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -402,6 +434,7 @@ def precheck(config_name: str, argv: Sequence[str]) -> None:
         combos = ([*first[:i], v, *first[i + 1:]] for i, c in enumerate(choices) for v in c)
     for combo in combos:
         _check_store(check(config_name, list(combo)))
+    _check_output_dir(overrides, True)
 
 
 def _check_store(cfg: DictConfig) -> None:

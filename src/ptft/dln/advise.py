@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from itertools import product
 
 from ptft import ArgumentParser, ConfigError
-from ptft.dln.replica import generalization_error
 from ptft.dln.teachers import check_feasible
-from ptft.dln.theory import l_order, pt_dependence, regime_of
 
 REGIME_CORNERS: dict[str, tuple[float, float, float]] = {
     "I": (1e-3, -0.999999, 1e-6), "II": (1e-3, 0.0, 0.0), "III": (1e-3, 0.0, 10.0), "IV": (1e-3, -0.99, 0.0)}
@@ -61,6 +59,15 @@ def _candidate(text: str) -> tuple[float, float, float]:
     return c, lam, gamma
 
 
+def check_init(lam: float, gamma: float, lam_key: str = "lam", gamma_key: str = "gamma") -> None:
+    """lam = -1 with gamma = 0 makes c_FT = 0, so k = 4 c_FT^2 = 0: the implicit-bias penalty is undefined and
+    gradient descent from that fine-tuning initialisation has a zero gradient (it never moves). ConfigError
+    naming the keys (shared by ptft-theory's candidates and ptft-dln's dln.lam_pt / dln.gamma)."""
+    if lam == -1.0 and gamma == 0.0:
+        raise ConfigError(f"{lam_key}=-1 with {gamma_key}=0 gives k = 0 (undefined penalty; fine-tuning starts "
+                          f"at a zero gradient and never moves); use {lam_key} > -1 or {gamma_key} > 0")
+
+
 def rank(*, rho_pt: float, rho_ft: float, omega: float, alpha: float, a_pt: float = 1.0, sigma0: float = 0.0,
          candidates: list[tuple[float, float, float]] | None = None) -> list[Row]:
     """Predicted FT error of every candidate at alpha, best first (unconverged ones last).
@@ -90,8 +97,10 @@ def rank(*, rho_pt: float, rho_ft: float, omega: float, alpha: float, a_pt: floa
             raise ConfigError(f"candidate lam={lam} must be in [-1, 1]")
         if not (math.isfinite(gamma) and gamma >= 0):
             raise ConfigError(f"candidate gamma={gamma} must be >= 0")
-        if lam == -1.0 and gamma == 0.0:
-            raise ConfigError("candidate lam=-1 with gamma=0 gives k = 0 (undefined penalty); use lam > -1 or gamma > 0")
+        check_init(lam, gamma, "candidate lam", "gamma")
+    from ptft.dln.replica import generalization_error  # scipy: imported when needed, so check_init is light
+    from ptft.dln.theory import l_order, pt_dependence, regime_of
+
     beta_ft = 1.0 / math.sqrt(rho_ft)
     rows = []
     for c, lam, gamma in cands:
@@ -116,11 +125,18 @@ def _format(rows: list[Row]) -> str:
 
 
 def _write_csv(path: str, rows: list[Row]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["rank", "c", "lam", "gamma", "regime", "pred_error", "residual", "converged"])
-        for i, r in enumerate(rows, 1):
-            w.writerow([i, r.c, r.lam, r.gamma, r.regime, r.error, r.residual, r.converged])
+    """The table as CSV, written atomically (StoreError, one line, if it cannot be written)."""
+    import io
+    from pathlib import Path
+
+    from ptft.train.store import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rank", "c", "lam", "gamma", "regime", "pred_error", "residual", "converged"])
+    for i, r in enumerate(rows, 1):
+        w.writerow([i, r.c, r.lam, r.gamma, r.regime, r.error, r.residual, r.converged])
+    atomic_write_text(Path(path), buf.getvalue())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pathlib import Path
+
+    from ptft.train.store import StoreError
+
     args = build_parser().parse_args(argv)
+    if args.csv is not None and Path(args.csv).is_dir():
+        print(f"ptft-theory: error: --csv {args.csv} is a directory; give a file name", file=sys.stderr)
+        return 2
     try:
         rows = rank(rho_pt=args.rho_pt, rho_ft=args.rho_ft, omega=args.omega, alpha=args.alpha, a_pt=args.a_pt,
                     sigma0=args.sigma0, candidates=args.candidates)
@@ -162,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("no candidate's fixed point converged; no recommendation", file=sys.stderr)
     if args.csv:
-        _write_csv(args.csv, rows)
+        try:
+            _write_csv(args.csv, rows)
+        except StoreError as e:
+            print(f"ptft-theory: error: --csv: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.csv}")
     return 0 if best.converged else 1
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional, get_type_hints
 
 from ptft import ConfigError
+from ptft.dln.advise import check_init
 from ptft.dln.teachers import check_feasible
 from ptft.log.logger import WandbConfig, resolve_mode
 from ptft.train.trainer import TrainConfig, validate_train
@@ -124,6 +125,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"dln.lam_pt={d.lam_pt} must be in [-1, 1] (it is lambda / c)")
     if not d.gamma >= 0:
         raise ConfigError(f"dln.gamma={d.gamma} must be >= 0")
+    if d.mode == "ptft" and d.ft_reinit == "sum":  # gamma is the fine-tuning readout (scale, stl: not used)
+        check_init(d.lam_pt, d.gamma, "dln.lam_pt", "dln.gamma")
     if not d.noise >= 0:
         raise ConfigError(f"dln.noise={d.noise} must be >= 0")
     if d.n_test < 1:

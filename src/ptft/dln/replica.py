@@ -100,9 +100,14 @@ def channel_groups(*, rho_pt: float, rho_ft: float, omega: float, c_pt: float, l
             out.append(Group(name, float(p), has_x / rho_ft if has_x else 0.0, sk))
     for grp in out:
         if not grp.sqrt_k > _K_MIN:
-            raise ConfigError(
-                f"k = 0 in group {grp.name} (lam={lam_pt}, gamma={gamma}): the penalty is undefined at lam = -1 with "
-                "gamma = 0; use lam > -1 (e.g. -0.999999) or gamma > 0")
+            if lam_pt == -1.0 and gamma == 0.0:
+                raise ConfigError(
+                    f"k = 0 in group {grp.name} (lam={lam_pt}, gamma={gamma}): the penalty is undefined at lam = -1 "
+                    "with gamma = 0; use lam > -1 (e.g. -0.999999) or gamma > 0")
+            raise ConfigError(  # not lam = -1: c (1 + lam) is so small that sqrt(k) underflows
+                f"k underflows in group {grp.name} (sqrt(k) = {grp.sqrt_k:.3g} < {_K_MIN:g} at c={c_pt:g}, "
+                f"lam={lam_pt}, gamma={gamma}): the theory's arithmetic cannot resolve so small an initialisation; "
+                "raise c (or 1 + lam) or gamma")
     return out
 
 

@@ -239,6 +239,17 @@ def expand_runs(cfg: DictConfig) -> list[DictConfig]:
     return out
 
 
+def _divergence_fix(cfg: DictConfig) -> str:
+    """What to lower after a diverged pretraining: an initialisation scaled up diverges at any lr, so it is
+    named first when set."""
+    big = [f"init.{k}={cfg.init[k]:g}" for k in ("scale", "kappa") if cfg.init[k] > 1]
+    big += [f"init.layer_scales.{k}={v:g}" for k, v in cfg.init.layer_scales.items() if v > 1]
+    if big:
+        return (f"{', '.join(big)} scales the initial weights up, and an initialisation that large can diverge "
+                f"at any learning rate: lower {' / '.join(b.split('=')[0] for b in big)} (or pretrain.train.lr)")
+    return "lower pretrain.train.lr"
+
+
 def _pretrained_state(cfg: DictConfig, track: Any, cache: dict) -> tuple[str, dict, dict]:
     """(hash, state_dict, result) of the pretrained model of `cfg`, trained first if absent."""
     key = RunDir("", "pretrain", pretrain_identity(track, cfg)).run_hash
@@ -246,7 +257,7 @@ def _pretrained_state(cfg: DictConfig, track: Any, cache: dict) -> tuple[str, di
         run, res = _pretrain_run(cfg, track, force=False, name="pretrain:" + app.overrides_name())
         if res["status"] == "diverged":
             raise ConfigError(f"the pretrained model {run.path} diverged (NaN loss); fine-tuning from it is "
-                              f"meaningless: lower pretrain.train.lr")
+                              f"meaningless: {_divergence_fix(cfg)}")
         cache[key] = (run.run_hash, torch.load(run.file(MODEL), map_location="cpu", weights_only=True), res)
     return cache[key]
 

@@ -63,8 +63,7 @@ def run_hash(sci: dict[str, Any], length: int = 12) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(path, data)
+    tmp = _write_temp(path, data)  # makes the directory (a StoreError if it cannot)
     try:
         os.replace(tmp, path)
     except OSError as e:
@@ -94,7 +93,11 @@ def _write_temp(path: Path, data: bytes) -> str:
 def _store_error(path: Path, e: OSError) -> StoreError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         why, fix = "no space left on device", "free space and rerun the same command to resume"
-    else:  # a directory in its place, a read-only file system, no permission, ...
+    elif e.errno == errno.EISDIR:
+        why, fix = "it is a directory", "give a file name"
+    elif e.errno in (errno.EEXIST, errno.ENOTDIR):
+        why, fix = "a file stands where one of its directories should be", "choose another path"
+    else:  # a read-only file system, no permission, ...
         why, fix = e.strerror or str(e), "make it writable (or choose another path) and rerun the same command"
     return StoreError(f"cannot write {path}: {why}; the previous {Path(path).name} (if any) is intact: {fix}")
 

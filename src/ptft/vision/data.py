@@ -282,10 +282,22 @@ def _synthetic_problems(root: Path, name: str) -> List[str]:
         if rel not in recorded:
             problems.append(f"{path} is not listed in {root / MARKER}")
         elif not path.is_file():
-            problems.append(f"{path} is missing")
+            problems.append(f"{path} is missing" + (" (a directory stands in its place)" if path.is_dir() else ""))
+        elif _unreadable(path, problems):
+            continue
         elif sha256_file(path) != recorded[rel]:
             problems.append(f"{path} does not match the sha256 recorded in {root / MARKER} (corrupt or modified)")
     return problems
+
+
+def _unreadable(path: Path, problems: List[str]) -> bool:
+    """Whether `path` cannot be opened for reading (then says why in `problems`)."""
+    try:
+        with open(path, "rb"):
+            return False
+    except OSError as e:
+        problems.append(f"{path} cannot be read ({e.strerror or e}; check its permissions)")
+        return True
 
 
 def _real_problems(root: Path, name: str) -> List[str]:
@@ -301,7 +313,9 @@ def _real_problems(root: Path, name: str) -> List[str]:
     for rel, md5 in expected:
         path = root / rel
         if not path.is_file():
-            problems.append(f"{path} is missing")
+            problems.append(f"{path} is missing" + (" (a directory stands in its place)" if path.is_dir() else ""))
+        elif _unreadable(path, problems):
+            continue
         elif not check_integrity(str(path), md5):
             problems.append(f"{path} fails torchvision's MD5 check (corrupt or incomplete)")
     return problems

@@ -125,6 +125,9 @@ def main_digits(root: str) -> int:
     except ConfigError as e:
         print(f"ptft-data: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only or unwritable root, a file where a directory should be, ...
+        print(f"ptft-data: error: {e.filename or root}: {e.strerror or e}; choose a writable --root", file=sys.stderr)
+        return 2
     info = read_marker(Path(root))["formats"]["svhn"]
     print(f"wrote sklearn's handwritten digits as SVHN files ({info['n_train']}/{info['n_test']} train/test "
           f"images) under {root}: {', '.join(hashes)}; use it with data.name=svhn data.root={root}")

@@ -39,12 +39,18 @@ def read_marker(root: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        marker = json.loads(path.read_text())
-        assert isinstance(marker.get("formats"), dict)
+        marker = json.loads(path.read_bytes())
+        formats = marker.get("formats") if isinstance(marker, dict) else None
+        if not isinstance(formats, dict):
+            raise ValueError("no 'formats' object")
+        for fmt, entry in formats.items():
+            files = entry.get("files") if isinstance(entry, dict) else None
+            if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+                raise ValueError(f"formats.{fmt} has no 'files' object of sha256s")
         return marker
-    except (ValueError, AssertionError) as e:
-        raise ConfigError(f"{path} is not a valid ptft synthetic-data marker ({e}); delete it and "
-                          f"regenerate with `ptft-data synthetic --root {root} --format ...`") from e
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not a valid ptft synthetic-data marker ({type(e).__name__}: {e}); delete it "
+                          f"and regenerate with `ptft-data synthetic --root {root} --format ...`") from None
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:

@@ -396,6 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ptft-data: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only or unwritable root, a file where a directory should be, ...
+        print(f"ptft-data: error: {e.filename or args.root}: {e.strerror or e}; choose a writable --root",
+              file=sys.stderr)
+        return 2
     n = NUM_CLASSES[args.format]
     print(f"wrote synthetic {args.format} ({n} classes, {args.n_train_per_class}/{args.n_test_per_class} "
           f"train/test images per class) under {args.root}: {', '.join(hashes)}; "
