@@ -15,6 +15,7 @@ from ptft.pipeline.track import Split, TaskData, Track
 class ArithTrack(Track):
     name = "arith"
     schemas = {("schema/data", "modarith"): D.ModArithConfig, ("model", "transformer"): TransformerConfig}
+    metrics = ("test_acc", "test_loss", "train_acc", "train_loss_eval")  # ArithTask.evaluate
 
     def validate(self, cfg: Any, stage: str) -> None:
         D.validate(cfg.data, check_n_ft=cfg.runs.n_ft is None)

@@ -184,6 +184,10 @@ def validate(cfg: Any, stage: str = "finetune") -> Any:
             raise ConfigError(f"{key}={v} must be an integer >= 0")
     # the config is shared by ptft-pretrain and ptft-finetune: a bad fine-tuning key is refused by both
     validate_train_cfg(cfg.train, "train")
+    for key, t in (("pretrain.train", cfg.pretrain.train), ("train", cfg.train)):
+        if t.target_metric is not None and track.metrics and t.target_metric not in track.metrics:
+            raise ConfigError(f"{key}.target_metric={t.target_metric!r} is not a metric of the {track.name} "
+                              f"track's evaluation; choose one of {list(track.metrics)}")
     validate_ft_config(cfg.ft)
     resolve_factors(probe, dict(cfg.ft.layer_rescale), list(cfg.ft.rescale_targets), "ft.layer_rescale")
     if cfg.ft.mode not in MODES:

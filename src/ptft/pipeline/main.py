@@ -34,12 +34,12 @@ from ptft.log import Logger, progress
 from ptft.pipeline.config import finetune_identity, pretrain_identity, train_config, validate
 from ptft.pipeline.knobs import apply_init_scaling, prepare_finetune_model, recalibrate_bn
 from ptft.train.store import RunDir, atomic_write_bytes, atomic_write_json
-from ptft.train.trainer import Trainer, derived_seed
+from ptft.train.trainer import Trainer, criterion, derived_seed
 
 app.register_validator("pretrain", lambda cfg: validate(cfg, "pretrain"))
 app.register_validator("finetune", lambda cfg: validate(cfg, "finetune"))
 
-STATUS = {"converged": "ok"}  # trainer status -> result status (diverged, max_epochs stay as they are)
+STATUS = {"converged": "ok", "reached": "ok"}  # trainer status -> result status (diverged, max_* stay as they are)
 MODEL, START = "model.pt", "checkpoint.start.pt"  # the start state: not an artifact of the run
 _INIT, _HEAD = 0x1417, 0x4EAD  # seed streams: model init, new head
 GROK = 0.95                    # steps_to_95: first evaluated step with test accuracy >= this
@@ -109,10 +109,13 @@ def _train(task: Any, tcfg: Any, run: RunDir, resolved: dict, wandb_cfg: Any, *,
             metrics = {k: float(v[0]) for k, v in task.evaluate().items()}
             logger.log(trainer.step, {f"final/{k}": v for k, v in metrics.items()})
             status = STATUS.get(out["status"][0], out["status"][0])
-            if tcfg.threshold == 0 and status in ("max_steps", "max_epochs"):
-                status = "ok"  # no stopping rule: the budget IS the recipe (e.g. modular arithmetic)
+            crit = criterion(tcfg)  # ok = met; the budget's status (max_steps, max_epochs) = not met
+            if crit is None and status in ("max_steps", "max_epochs"):
+                status = "ok"  # no stopping rule: the budget IS the recipe
+            quality = metrics.get(tcfg.target_metric) if tcfg.target_metric else float(out["train_loss"][0])
             result = {"status": status, "epochs": out["epochs"],
                       "steps": int(out["steps"][0]), "train_loss": float(out["train_loss"][0]), **metrics,
+                      "criterion": crit, "quality": quality if crit else None,
                       "param_norm_start": state_norm(start), "param_norm_end": state_norm(task.model.state_dict()),
                       "steps_to_95": steps_to(run) if tcfg.eval_every else None, "resumed": resumed}
             if diagnose:
@@ -150,10 +153,12 @@ def _diagnostics(task: Any, start: dict) -> dict[str, float]:
                        prep=task.prepare)
 
 
-def _finish(run: RunDir, result: dict, t0: float) -> None:
+def _finish(run: RunDir, result: dict, t0: float, c0: float) -> None:
+    """Write result.json and timing.json (wall and CPU seconds of this process's part of the run)."""
     resumed = result.pop("resumed")
     run.write_result(result)
-    atomic_write_json(run.file("timing.json"), {"wall_s": time.time() - t0, "resumed": resumed})
+    atomic_write_json(run.file("timing.json"), {"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0,
+                                                "resumed": resumed})
     run.file("checkpoint.pt").unlink(missing_ok=True)
     run.file(START).unlink(missing_ok=True)
 
@@ -185,7 +190,7 @@ def _pretrain_run(cfg: DictConfig, track: Any, *, force: bool, name: str, record
                     for k in ("data", "model", "init", "pretrain", "runtime")}
         resolved["name"] = str(cfg.name)
         run.write_config(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         seed = int(cfg.pretrain.seed)
         torch.manual_seed(derived_seed(seed, _INIT))
         net = track.build(cfg.model, task_data.num_classes_total)
@@ -197,7 +202,7 @@ def _pretrain_run(cfg: DictConfig, track: Any, *, force: bool, name: str, record
         result.update(n_train=len(pt), n_test=len(pte), classes=task_data.pt_classes, head=task_data.num_classes_total,
                       **runtime_facts(task, device))
         atomic_write_bytes(run.file(MODEL), model_bytes(task.model))
-        _finish(run, result, t0)
+        _finish(run, result, t0, c0)
     return run, result
 
 
@@ -258,8 +263,20 @@ def _pretrained_state(cfg: DictConfig, track: Any, cache: dict) -> tuple[str, di
         if res["status"] == "diverged":
             raise ConfigError(f"the pretrained model {run.path} diverged (NaN loss); fine-tuning from it is "
                               f"meaningless: {_divergence_fix(cfg)}")
+        if res["status"] != "ok":
+            print(f"[ptft] the pretraining {run.run_hash} did not meet its criterion {res.get('criterion')} in its "
+                  f"budget ({res['steps']} steps, quality {res.get('quality')}); its fine-tunings record "
+                  f"pt_status={res['status']}", flush=True)
         cache[key] = (run.run_hash, torch.load(run.file(MODEL), map_location="cpu", weights_only=True), res)
     return cache[key]
+
+
+def pt_columns(pt_res: Optional[dict]) -> dict[str, Any]:
+    """A fine-tuning's record of its pretraining (None for STL): status (ok = its criterion was met), steps
+    taken, the quality reached on its criterion (pt_criterion), test accuracy."""
+    keys = {"pt_status": "status", "pt_steps": "steps", "pt_criterion": "criterion", "pt_quality": "quality",
+            "pt_test_acc": "test_acc"}
+    return {k: (pt_res or {}).get(v) for k, v in keys.items()}
 
 
 def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, name: str
@@ -279,7 +296,7 @@ def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, n
             run.clear_result()
         resolved = OmegaConf.to_container(cfg, resolve=True)
         run.write_config(OmegaConf.to_yaml(cfg, resolve=True))
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         seed = int(cfg.seed)
         ft, te = task_data.ft_train, task_data.ft_test
         torch.manual_seed(derived_seed(seed, _INIT))
@@ -300,11 +317,10 @@ def _finetune_one(cfg: DictConfig, track: Any, task_data: Any, pt_cache: dict, n
                         group=str(cfg.name), name=f"{name},n_ft={len(ft)},seed={seed}",
                         diagnose=bool(cfg.runtime.diagnostics))
         result.update(mode=mode, n_ft=len(ft), seed=seed, n_test=len(te), batch_size=tcfg.batch_size,
-                      pretrain=pt_run_hash, pt_status=pt_res["status"] if pt_res else None,
-                      pt_test_acc=pt_res.get("test_acc") if pt_res else None,
+                      pretrain=pt_run_hash, **pt_columns(pt_res),
                       rescale=float(cfg.ft.rescale), readout_scale=float(cfg.ft.readout_scale), head=cfg.ft.head,
                       **runtime_facts(task, device))
-        _finish(run, result, t0)
+        _finish(run, result, t0, c0)
     return run, result
 
 
@@ -336,7 +352,7 @@ def _fmt(result: dict, keys: tuple) -> str:
 def pretrain_main(cfg: DictConfig) -> None:
     run, result = run_pretrain(cfg)
     print("[ptft] " + _fmt(result, ("status", "epochs", "steps", "train_loss", "test_acc", "test_loss",
-                                    "steps_to_95")), flush=True)
+                                    "steps_to_95", "criterion", "quality")), flush=True)
     print(run.path, flush=True)
 
 

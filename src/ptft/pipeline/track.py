@@ -17,6 +17,8 @@ A track provides:
   before a pipeline config is composed (:func:`register_schemas`). The PT->FT pipeline's options:
   group ``schema/data`` (the `data` node's type, which picks the track: ``data=cifar100|svhn`` -> vision,
   ``data=modarith`` -> arithmetic) and group ``model`` (``model=resnet18|...``);
+- ``metrics``: the names its task's ``evaluate()`` returns (a ``train.target_metric`` is checked against them
+  before any compute; empty: not checked);
 - ``added_keys``: dotted config keys added after runs were stored, with their defaults (a run made before
   a key existed and one at its default are the same configuration: ``ptft-aggregate`` shows neither);
 - for ``ptft-pretrain`` / ``ptft-finetune`` (a track with a ``schema/data`` schema):
@@ -73,6 +75,7 @@ class Track:
     name: str = ""
     schemas: Mapping[Tuple[str, str], Any] = {}
     added_keys: Mapping[str, Any] = {}
+    metrics: Tuple[str, ...] = ()
 
     @property
     def data_schema(self) -> Optional[type]:

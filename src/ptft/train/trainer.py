@@ -13,6 +13,10 @@ Stopping rules, per member:
   instead restarts from the state it started from, with lr / 10 and a fresh step budget (at most
   MAX_RESTARTS times; Lippl & Lindsey's policy): from there its trajectory is the one of a run
   started at that lr. `restarts` and `lr_final` per member are in the trainer's output;
+* reached: the metric `target_metric` of the task's evaluation (e.g. test_acc) reached `target`
+  (>= target; <= target for an error: a name with loss, mse or err in it), checked at each evaluation (every
+  `eval_every` epochs, and once before the first step): a stop criterion on quality, e.g. pretraining
+  until the held-out accuracy is 0.99;
 * max_steps / max_epochs: the budget ran out.
 
 Checkpoints (tensors and plain containers only, loaded with weights_only=True) are written every
@@ -53,18 +57,37 @@ class TrainConfig:
     ckpt_every_s: float = 60.0     # seconds between checkpoints (<= 0: only on signals)
     restart_on_divergence: bool = False  # a diverged member restarts from its start with lr / 10
     diverge_above: Optional[float] = None  # a loss above this counts as diverged (None: only NaN / inf)
+    target_metric: Optional[str] = None  # stop a member when this metric of its evaluation reaches `target`
+    target: Optional[float] = None       # (errors: <= target, others >= target; checked at each evaluation)
 
 
 MAX_RESTARTS = 6  # restart_on_divergence: after this many restarts (lr / 1e6) a member stops as diverged
 NON_SCIENTIFIC_TRAIN = ("log_every", "eval_every", "ckpt_every_s")  # do not change a run's numbers
-NEW_TRAIN_KEYS = {"restart_on_divergence": False, "diverge_above": None}  # left out of run identities at default
+NEW_TRAIN_KEYS = {"restart_on_divergence": False, "diverge_above": None,  # left out of run identities at default
+                  "target_metric": None, "target": None}
 
 
 def train_identity(t: dict) -> dict:
     """The train keys that define a run's numbers (a plain dict of a TrainConfig): without the
-    non-scientific ones, and without keys added later while at their defaults (old runs keep their hash)."""
-    return {k: v for k, v in t.items()
-            if k not in NON_SCIENTIFIC_TRAIN and not (k in NEW_TRAIN_KEYS and v == NEW_TRAIN_KEYS[k])}
+    non-scientific ones, and without keys added later while at their defaults (old runs keep their hash).
+    With a target_metric, eval_every is scientific: the run stops at an evaluation."""
+    keep = ("eval_every",) if t.get("target_metric") is not None else ()
+    return {k: v for k, v in t.items() if (k not in NON_SCIENTIFIC_TRAIN or k in keep)
+            and not (k in NEW_TRAIN_KEYS and v == NEW_TRAIN_KEYS[k])}
+
+
+def lower_is_better(metric: str) -> bool:
+    """An error (a name with loss, mse or err in it) meets its target at or below it; any other metric at or
+    above it."""
+    return any(w in metric for w in ("loss", "mse", "err"))
+
+
+def criterion(cfg: Any) -> Optional[str]:
+    """The stop criterion of a train config in words, e.g. 'test_acc>=0.99' or 'train_loss<0.01'; None when
+    the run simply trains for its budget."""
+    if getattr(cfg, "target_metric", None) is not None:
+        return f"{cfg.target_metric}{'<=' if lower_is_better(cfg.target_metric) else '>='}{cfg.target:g}"
+    return f"train_loss<{cfg.threshold:g}" if cfg.threshold > 0 else None
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -121,6 +144,26 @@ def validate_train(cfg: TrainConfig, key: str = "train") -> None:
         raise ConfigError(f"{key}.diverge_above={cfg.diverge_above} must be > 0 (or null: only NaN / inf)")
     if cfg.log_every < 1 or cfg.eval_every < 0:
         raise ConfigError(f"{key}.log_every must be >= 1 and {key}.eval_every >= 0")
+    _validate_target(cfg, key)
+
+
+def _validate_target(cfg: TrainConfig, key: str) -> None:
+    metric, target = getattr(cfg, "target_metric", None), getattr(cfg, "target", None)
+    if (metric is None) != (target is None):
+        raise ConfigError(f"{key}.target_metric={metric} and {key}.target={target}: set both (e.g. "
+                          f"{key}.target_metric=test_acc {key}.target=0.99) or neither")
+    if metric is None:
+        return
+    if not isinstance(metric, str) or not metric or metric.startswith("eval/"):
+        raise ConfigError(f"{key}.target_metric={metric!r} must name a metric of the evaluation, without "
+                          f"eval/ (e.g. test_acc)")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+        raise ConfigError(f"{key}.target={target!r} must be a finite number")
+    if cfg.eval_every < 1:
+        raise ConfigError(f"{key}.target_metric={metric} is checked at evaluations: set {key}.eval_every >= 1")
+    if cfg.threshold > 0:
+        raise ConfigError(f"{key}.target_metric={metric} and {key}.threshold={cfg.threshold} are two stop "
+                          f"criteria; set {key}.threshold=0 (one criterion per run)")
 
 
 class Task(Protocol):
@@ -386,13 +429,29 @@ class Trainer:
         self.epoch += 1
         self.ep_sum = torch.zeros(self.task.n_members, dtype=torch.float64)
         self.n_batches = 0
-        if cfg.eval_every and self.epoch % cfg.eval_every == 0 and self._log is not None:
-            self._log(self.step, {f"eval/{k}": v for k, v in _means(task.evaluate()).items()})
+        if cfg.eval_every and self.epoch % cfg.eval_every == 0 and (self._log is not None or cfg.target_metric):
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        """One evaluation: logged (eval/<name>: the mean over members), and each member's target checked."""
+        metrics = self.task.evaluate()
+        if self._log is not None:
+            self._log(self.step, {f"eval/{k}": v for k, v in _means(metrics).items()})
+        name = self.cfg.target_metric
+        if name is None:
+            return
+        if name not in metrics:
+            raise ConfigError(f"target_metric={name!r} is not a metric of this task's evaluation; choose one of "
+                              f"{sorted(metrics)}")
+        v = torch.as_tensor(metrics[name], dtype=torch.float64).reshape(-1).cpu()
+        self._finish_member(v <= self.cfg.target if lower_is_better(name) else v >= self.cfg.target, "reached")
 
     def run(self) -> dict[str, Any]:
         """Train until every member has stopped; returns per-member status, steps and last loss."""
         cfg, task = self.cfg, self.task
         self._last_ckpt = time.monotonic()
+        if cfg.target_metric is not None and self.step == 0 and self.n_batches == 0:
+            self._evaluate()  # a member that meets its target at the start takes no step
         with _Signals() as sig:
             while self.active.any():
                 if cfg.max_epochs is not None and self.epoch >= cfg.max_epochs:

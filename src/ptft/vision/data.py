@@ -15,6 +15,10 @@ Splits (all seeded with numpy's ``default_rng``, so identical on every platform)
   ``ft_classes`` of it, PT classes the first ``pt_classes`` of the rest (None: all the rest, i.e.
   98/2 on CIFAR-100 as Lippl & Lindsey, 8/2 on SVHN). ``ft_class_list`` / ``pt_class_list``, when
   given, override the counts (and the drawn classes avoid them).
+- other FT tasks of one pretraining: ``ft_task = i`` takes the i-th group of ``ft_classes`` held-out
+  classes counted from the end of the permutation (0: the last ones, as above; 1: the ``ft_classes``
+  before them, ...). The PT classes must not depend on it, so ``ft_task > 0`` needs ``pt_classes`` (or
+  ``pt_class_list``): e.g. ``pt_classes=90`` leaves 10 held-out CIFAR-100 classes, 5 FT pairs.
 - labels are remapped within each stage: stage label ``k`` is original class ``classes[k]``
   (``Split.y``); the original labels are kept in ``Split.y_orig`` (LL's reused 100-way head trains
   and fine-tunes on original labels).
@@ -67,6 +71,7 @@ class DataConfig:
     ft_balanced: bool = False  # False: LL's pooled draw; True: n_ft // K per class
     sample_seed: Optional[int] = None  # seed of the FT (and PT) image draws; None: from split_seed
     n_pt: Optional[int] = None  # PT training images (pooled draw); None: all
+    ft_task: int = 0  # which group of ft_classes held-out classes is the FT task (0: the last; see above)
 
 
 def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -123,6 +128,15 @@ def split_classes(cfg: DataConfig) -> tuple[List[int], List[int]]:
     if not isinstance(cfg.split_seed, int) or cfg.split_seed < 0:
         raise ConfigError(f"data.split_seed={cfg.split_seed!r} must be an integer >= 0")
     perm = [int(c) for c in np.random.default_rng(cfg.split_seed).permutation(n_total)]
+    task = cfg.ft_task
+    if not isinstance(task, int) or isinstance(task, bool) or task < 0:
+        raise ConfigError(f"data.ft_task={task!r} must be an integer >= 0 (0: the last held-out classes)")
+    if task and ft_list is not None:
+        raise ConfigError(f"data.ft_task={task} picks among drawn FT classes; with data.ft_class_list set, "
+                          f"leave it 0 and list the classes you want")
+    if task and pt_list is None and cfg.pt_classes is None:
+        raise ConfigError(f"data.ft_task={task} needs data.pt_classes (or data.pt_class_list): with null, PT "
+                          f"trains on every class but the FT ones, so PT would change with the FT task")
     if ft_list is None:
         n_ft_cls = cfg.ft_classes
         if not isinstance(n_ft_cls, int) or n_ft_cls < 2:
@@ -131,7 +145,15 @@ def split_classes(cfg: DataConfig) -> tuple[List[int], List[int]]:
         if n_ft_cls > len(pool) - (0 if pt_list is not None else 2):
             raise ConfigError(f"data.ft_classes={n_ft_cls} leaves too few of the {n_total} {cfg.name} classes "
                               f"for pretraining (need >= 2)")
-        ft_list = pool[len(pool) - n_ft_cls:]
+        if task:  # groups counted from the end, clear of the first pt_classes (the PT classes)
+            front = 0 if pt_list is not None else cfg.pt_classes
+            n_tasks = (len(pool) - front) // n_ft_cls if isinstance(front, int) and front >= 0 else 0
+            if task >= n_tasks:
+                raise ConfigError(f"data.ft_task={task}: the {len(pool) - front} held-out classes hold {n_tasks} "
+                                  f"FT tasks of data.ft_classes={n_ft_cls} (ft_task 0..{n_tasks - 1}); lower it "
+                                  f"or data.pt_classes")
+        end = len(pool) - n_ft_cls * task
+        ft_list = pool[end - n_ft_cls:end]
     elif len(ft_list) < 2:
         raise ConfigError(f"data.ft_class_list={ft_list} needs >= 2 classes (a classification task)")
     if pt_list is None:

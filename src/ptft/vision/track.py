@@ -63,6 +63,8 @@ class VisionTrack(Track):
     name = "vision"
     schemas = {("schema/data", "vision"): DataConfig,
                **{("model", m): ResNetConfig(name=m) for m in ("resnet18", "resnet18_cifar")}}
+    metrics = ("test_acc", "test_loss")  # VisionTask.evaluate
+    added_keys = {"data.ft_task": 0}
 
     def validate(self, cfg: Any, stage: str) -> None:
         validate_data_config(cfg.data)
@@ -93,6 +95,8 @@ class VisionTrack(Track):
         drop = ("root", "download", "n_ft", "ft_balanced") if stage == "pretrain" else ("root", "download")
         for k in drop:
             d.pop(k)
+        if stage == "pretrain" or d.get("ft_task", 0) == 0:
+            d.pop("ft_task", None)  # PT never depends on it (ptft.vision.data); at 0 a run keeps its former hash
         if stage == "pretrain" and d["n_pt"] is None:
             d.pop("sample_seed")  # draws only FT images then
         d["fingerprint"] = data_fingerprint(data)
