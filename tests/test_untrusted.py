@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ptft import ConfigError, app
-from ptft.dln.main import run_job
+from ptft.dln.main import run_job, scientific
 from ptft.log.logger import Logger, WandbConfig
 from ptft.pipeline.main import run_finetune, run_pretrain
 from ptft.train import store
@@ -593,3 +593,39 @@ def test_misleading_messages_name_the_real_cause(tmp_path, capsys):
     with pytest.raises(ConfigError) as e:  # a pretraining that diverges because of its initialisation
         run_finetune(arith_cfg(tmp_path, "init.scale=1e9"))
     assert "lower init.scale" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", [b"garbage", "directory"])
+def test_multi_configuration_job_resumes_past_a_damaged_checkpoint(tmp_path, monkeypatch, capsys, damage):
+    """dln.configs jobs (ptft.dln.multi) read their checkpoints themselves: a damaged one is moved aside too."""
+    from ptft.dln.multi import run_multi
+
+    ov = ("dln.configs=[{lam_pt:0.0},{lam_pt:0.5}]",)
+    ref = [science(r) for _, r in run_multi(dln_cfg(tmp_path / "ref", *ov))]
+    preempt(monkeypatch, lambda: run_multi(dln_cfg(tmp_path / "st", *ov)), "dln")
+    ckpts = sorted((tmp_path / "st" / "dln").glob("*/checkpoint.pt"))
+    assert ckpts
+    ckpts[0].unlink()
+    ckpts[0].mkdir() if damage == "directory" else ckpts[0].write_bytes(damage)
+    capsys.readouterr()
+    assert [science(r) for _, r in run_multi(dln_cfg(tmp_path / "st", *ov))] == ref
+    assert "checkpoint.pt is unreadable" in capsys.readouterr().out
+
+
+def test_a_lock_that_cannot_be_opened_is_one_line_and_never_replaced(tmp_path, monkeypatch):
+    """Another user's lock (EACCES) is not moved aside (that would let two jobs run the same run)."""
+    cfg = dln_cfg(tmp_path)
+    lock = Path(str(store.RunDir(tmp_path, "dln", scientific(cfg)).path) + ".lock")
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    real = os.open
+
+    def denied(path, *a, **k):
+        if os.fspath(path) == str(lock):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(StoreError, match="cannot open the lock") as e:
+        run_job(cfg)
+    assert "\n" not in str(e.value) and lock.is_file() and not list(lock.parent.glob("*.damaged-*"))

@@ -33,7 +33,8 @@ from ptft.dln.model import beta as beta_of
 from ptft.dln.sharedx import RUNNING, Member, SharedXEngine
 from ptft.dln.task import ft_inputs, member_data, start_state, test_inputs
 from ptft.log import Logger, progress
-from ptft.train.store import RunDir, atomic_write_json, read_checkpoint, write_checkpoint
+from ptft.train.store import (DamagedFile, RunDir, atomic_write_json, move_aside, previous_checkpoint, read_checkpoint,
+                              write_checkpoint)
 from ptft.train.trainer import _Signals
 
 _ENTRY_KEYS = set(DLNConfig.__dataclass_fields__) - {"seeds", "configs"}
@@ -90,6 +91,22 @@ def _checkpoint(path, factors, steps, status, loss, step: int) -> None:
           "last_loss": torch.as_tensor(loss, dtype=torch.float64), "ep_sum": torch.zeros(B, dtype=torch.float64),
           "n_batches": 0}
     write_checkpoint(path, st)
+
+
+def _resume_state(ckpt) -> dict | None:
+    """The newest readable checkpoint of a run (checkpoint.pt, else checkpoint.prev.pt), or None to start
+    over; a damaged one is moved aside with one line (as the trainer does)."""
+    for path in (ckpt, previous_checkpoint(ckpt)):
+        if not path.exists() and not path.is_symlink():
+            continue
+        try:
+            st = read_checkpoint(path)
+            if not {"task", "steps", "status", "last_loss", "step"} <= set(st):
+                raise DamagedFile("it is not a trainer checkpoint")
+            return st
+        except DamagedFile as e:
+            print(f"[ptft] {path} is unreadable ({e}), moved to {move_aside(path).name}", flush=True)
+    return None
 
 
 def run_multi(cfg: DictConfig) -> list[tuple[RunDir, dict[str, Any]]]:
@@ -153,12 +170,12 @@ def _train(cfg: DictConfig, subs: list[DictConfig], runs: list[RunDir], stack: E
         scales = _lr_scales(c, start, [X_t[k] for k in keys])
         cur, steps, status, loss, step0 = start, [0] * len(data), [RUNNING] * len(data), [float("nan")] * len(data), 0
         ckpt = run.file("checkpoint.pt")
-        if ckpt.exists():  # resume (a checkpoint of this job or of the single job: same format)
-            st = read_checkpoint(ckpt)
+        st = _resume_state(ckpt)  # a checkpoint of this job or of the single job: same format
+        if st is not None:
             cur = DLNState(*(st["task"][k].numpy() for k in DLNState._fields))
             steps, status, loss, step0 = st["steps"].tolist(), list(st["status"]), st["last_loss"].tolist(), int(st["step"])
         per_cfg.append(dict(cfg=c, run=run, data=data, start=start, pt_info=pt_info, first=len(members),
-                            step0=step0, resumed=ckpt.exists(), status=status, steps=steps, loss=loss, cur=cur))
+                            step0=step0, resumed=st is not None, status=status, steps=steps, loss=loss, cur=cur))
         for b, k in enumerate(keys):
             members.append(Member(k, data[b].y, DLNState(*(f[b] for f in cur)), scales[b], int(steps[b])))
     running = [j for j, m in enumerate(members) if _status_of(per_cfg, j) == RUNNING]

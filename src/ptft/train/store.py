@@ -415,7 +415,7 @@ class RunDir:
                           result.get("device") or _dig(self._config, "device") or _dig(self._config, "runtime.device"))
         prov["files"] = {p.name: sha256_file(p) for p in _artifacts(self.path)}
         result["provenance"] = prov
-        atomic_write_json(self.file(RESULT), result)
+        atomic_write_json(self._writable(RESULT), result)
         for p in self.path.glob("checkpoint*.prev.pt"):
             p.unlink(missing_ok=True)
 
@@ -429,7 +429,14 @@ class RunDir:
             self._config = loaded if isinstance(loaded, dict) else {}
         except Exception:
             self._config = {}
-        atomic_write_text(self.file(CONFIG), f"{_HASH_LINE}{self.run_hash}\n{yaml_text}")
+        atomic_write_text(self._writable(CONFIG), f"{_HASH_LINE}{self.run_hash}\n{yaml_text}")
+
+    def _writable(self, name: str) -> Path:
+        """The run's file `name`; a directory (or other non-file) in its place is moved aside with one line."""
+        path = self.file(name)
+        if os.path.lexists(path) and not path.is_file():
+            print(f"[ptft] {path} is not a file; moved to {move_aside(path).name}", flush=True)
+        return path
 
     def clear_result(self) -> None:
         """For force=true: forget the checkpoints (the run starts over). result.json and the artifacts stay
@@ -449,9 +456,14 @@ def file_lock(path: Path, timeout: float = -1) -> filelock.FileLock:
     """A filelock.FileLock at `path` (its directory made); a directory or other non-file in its place is
     moved aside with one line (it is no lock: nobody can hold it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(path) and not path.is_file():
         print(f"[ptft] the lock {path} is not a file; moved to {move_aside(path).name}", flush=True)
+    try:  # a lock file we may not open (another user's store) is never replaced: that would break the lock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o666))
+    except OSError as e:
+        raise StoreError(f"cannot open the lock {path} ({e.strerror or e}); it guards this run against "
+                         f"concurrent jobs: fix its permissions (or its directory's) and rerun") from None
     return filelock.FileLock(str(path), timeout=timeout)
 
 
