@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The main job on embedded defaults (CPU, local launcher, wandb offline); writes results/demo_dln.png.
+# The main job on embedded defaults (CPU, local launcher, wandb offline); writes outputs/demo/demo_dln.png
+# (ignored by git; the committed copy is results/demo/, see scripts/check_results.py).
 demo: install
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/demo.py
 
@@ -37,7 +38,7 @@ test: install
 test-fast: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
-# Regenerate every registered file of results/ in a temporary copy and compare (scripts/check_results.py).
+# Regenerate every checked file of results/ in a temporary copy and compare (scripts/check_results.py).
 check-results: install
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/check_results.py
 

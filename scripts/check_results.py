@@ -1,32 +1,36 @@
 """Freshness check of results/: is every committed result what today's code produces?
 
-    python scripts/check_results.py                       # every registered file (what CI runs)
-    python scripts/check_results.py demo_dln.csv          # some of them
-    python scripts/check_results.py --list                # the registry, and the results/ files it leaves out
-    python scripts/check_results.py --update FILE         # regenerate FILE's README row into results/
-    python scripts/check_results.py --committed DIR FILE  # compare with DIR/FILE instead of results/FILE
+    python scripts/check_results.py                                  # every checked file (what CI runs)
+    python scripts/check_results.py dln_theory/regime_map.csv        # some of them (unchecked ones too)
+    python scripts/check_results.py --list                           # the registry, and results/ files it misses
+    python scripts/check_results.py --update FILE                    # regenerate FILE (and its `also`) into results/
+    python scripts/check_results.py --committed DIR FILE             # compare with DIR/FILE instead of results/FILE
 
-RESULTS below is the one list of checked files. The command that makes a file is NOT written here: it is
-the first `backticked` span of the command column of the file's row in results/README.md, run verbatim
-(`python` and the console scripts are this interpreter's) in a sandbox: a temporary folder holding copies
-of src/, conf/, scripts/ and of the entry's inputs under results/. The regenerated CSV is then compared with
-the committed one: same columns; rows matched by `keys` (or in order); every column not in `ignore` equal,
-exactly when rtol = 0, else within rtol (relative). A mismatch names the file and its first differing row.
-Figures (png, pdf) are drawn from the checked CSVs and are not compared.
+RESULTS below is the registry of results/: every committed file outside the engine studies' folders
+(results/<study>/ with a runs.csv, checked by `ptft-study NAME --check`, tests/test_study.py) is a registered
+`file`, or one of the `also` files of an entry (figures and side tables its command writes from the same data),
+or a folder's README.md. Each entry carries the `command` that writes it, run from the repository root as
+written (`python` and the console scripts are this interpreter's), with results/ paths that are the commands'
+own defaults. The check runs it in a sandbox (a temporary folder holding copies of src/, conf/, scripts/ and of
+the entry's `inputs` under results/) and compares the regenerated CSV with the committed one: same columns; rows
+matched by `keys` (or in order); every column not in `ignore` equal, exactly when rtol = 0, else within rtol
+(relative). A mismatch names the file and its first differing row. `also` files are not compared.
 
-An expensive file (hours of simulation) registers a `sample` function instead: it reruns a few of the
-file's rows with today's code and returns them, committed row -> regenerated row.
+An expensive file (hours of simulation) registers a `sample` function instead: it reruns a few of the file's
+rows with today's code and returns them, committed row -> regenerated row. A file too costly for CI even so
+is registered with checked=False (`why` says what a rerun costs): the plain check skips it, naming it on the
+command line runs it.
 
-To register a new result: add one Result(...) to RESULTS, give the file its row in results/README.md with
-the command in backticks, and run this script on it.
+To register a new result: add one Result(...) to RESULTS, mention its folder in results/README.md, and run this
+script on it.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,18 +41,21 @@ from pathlib import Path
 from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "results" / "README.md"
+RESULTS_DIR = REPO / "results"
 
 
 @dataclass(frozen=True)
 class Result:
-    file: str                      # name under results/
+    file: str                      # path under results/: "<folder>/<name>.csv"
+    command: str                   # what writes it, run from the repository root (entries sharing it run it once)
     keys: tuple[str, ...] = ()     # columns that identify a row (rows matched in order when empty)
     ignore: tuple[str, ...] = ()   # columns not compared (paths, hashes)
     rtol: float = 0.0              # 0: exact text equality of every compared cell
     inputs: tuple[str, ...] = ()   # committed results/ files the command reads
+    also: tuple[str, ...] = ()     # other files (glob patterns under results/) the command writes: not compared
     sample: Optional[Callable[["Result", Path, Path], list[tuple[dict, dict]]]] = None
-    why: str = ""                  # how it is checked, for --list and results/README.md
+    checked: bool = True           # False: not rerun by the plain check (too costly; `why` says so)
+    why: str = ""                  # how it is checked, for --list
 
 
 def sample_dln_sims(res: Result, committed: Path, work: Path, n: int = 2) -> list[tuple[dict, dict]]:
@@ -85,7 +92,7 @@ def sample_dln_ib(res: Result, committed: Path, work: Path, n: int = 2) -> list[
     spec.loader.exec_module(fs)
     rows = read_csv(committed)[1]
     dmin = min(int(r["dim"]) for r in rows)
-    pts = {p["point"]: p for p in fs.points(REPO / "results" / "dln_agreement.csv")}
+    pts = {p["point"]: p for p in fs.points(RESULTS_DIR / "dln_panels" / "dln_agreement.csv")}
     out = []
     for r in [r for r in rows if int(r["dim"]) == dmin][:n]:
         got = fs.ib_row(pts[int(r["point"])], dmin, int(r["seeds"]), str(work / "runs"))
@@ -98,60 +105,129 @@ def sample_dln_ib(res: Result, committed: Path, work: Path, n: int = 2) -> list[
 # rounding (up to 90% of itself, always below the tolerance) and is not compared; `converged` is, exactly.
 # Training a ResNet amplifies any rounding difference into different accuracies: exact.
 THEORY = "rtol 1e-6 (the replica's tolerance); residual columns not compared"
+PANELS = "python -m ptft.analysis.dln_figures panels --sims results/dln_panels/dln_sims_cpu.csv --scale cpu"
+FINITE = "python scripts/dln_finite_size.py --store runs/dln_finite_size --workers 2"
+STORE_COLS = ("run_dir", "job_dir", "run_hash")  # where a run lives: differs in every store
+
+
+def threshold(t: str) -> Result:
+    out = f"results/dln_finite_size/dln_threshold/{t}"
+    gd = f"python scripts/dln_finite_size.py --threshold {t} --dims 250 --points 1 3 4 --store runs/dln_threshold"
+    return Result(f"dln_finite_size/dln_threshold/{t}/dln_finite_size_ib.csv",
+                  f"{gd} --out {out} && {gd} --ib --out {out}", keys=("point", "dim"), rtol=1e-6,
+                  ignore=("job_cpu_s",), inputs=("dln_panels/dln_agreement.csv",),
+                  also=(f"dln_finite_size/dln_threshold/{t}/dln_finite_size.csv",), checked=False,
+                  why=f"not checked: GD to train MSE < {t} at D = 250 for 3 points, 32 seeds (up to 431 445 steps)")
+
+
 RESULTS = [
-    Result("regime_map.csv", rtol=1e-6, why="rtol 1e-6 (values written to 8 significant digits)"),
-    Result("dln_theory.csv", rtol=1e-6, ignore=("residual",), why=THEORY),
-    Result("dln_regimes.csv", rtol=1e-6, ignore=("residual",), why=THEORY),
-    Result("dln_panels_points.csv", rtol=1e-6, ignore=("residual",), inputs=("dln_sims_cpu.csv",),
+    Result("dln_theory/regime_map.csv", "python -m ptft.analysis.dln_figures regime-map", rtol=1e-6,
+           also=("dln_theory/regime_map.png",), why="rtol 1e-6 (values written to 8 significant digits)"),
+    Result("dln_theory/dln_theory.csv", "python -m ptft.analysis.dln_figures theory", rtol=1e-6,
+           ignore=("residual",), why=THEORY),
+    Result("dln_theory/dln_regimes.csv", "python -m ptft.analysis.dln_figures regimes", rtol=1e-6,
+           ignore=("residual",), also=("dln_theory/dln_regimes.png",), why=THEORY),
+    Result("dln_panels/dln_panels_points.csv", PANELS, rtol=1e-6, ignore=("residual",),
+           inputs=("dln_panels/dln_sims_cpu.csv",), also=("dln_panels/dln_panels.png", "dln_panels/dln_panels.pdf"),
            why=THEORY + "; from the committed dln_sims_cpu.csv"),
-    Result("dln_agreement.csv", rtol=1e-6, ignore=("theory_residual",), inputs=("dln_sims_cpu.csv",),
-           why=THEORY + "; from the committed dln_sims_cpu.csv"),
-    Result("demo_dln.csv", keys=("dln.lam_pt", "dln.alpha", "member"), rtol=1e-6, ignore=("run_dir", "job_dir"),
+    Result("dln_panels/dln_agreement.csv", PANELS, rtol=1e-6, ignore=("theory_residual",),
+           inputs=("dln_panels/dln_sims_cpu.csv",), why=THEORY + "; from the committed dln_sims_cpu.csv"),
+    Result("demo/demo_dln.csv", "python scripts/demo.py --out results/demo", keys=("dln.lam_pt", "dln.alpha", "member"),
+           rtol=1e-6, ignore=("run_dir", "job_dir"), also=("demo/demo_dln.png",),
            why="rtol 1e-6 (float64 GD); run_dir, job_dir not compared"),
-    Result("vision_synthetic_rescale.csv", keys=("ft.mode", "ft.rescale", "data.n_ft", "seed"),
-           ignore=("run_dir", "job_dir", "run_hash"),
+    Result("vision_synthetic/vision_synthetic_rescale.csv",
+           "ptft-data synthetic --root data/synthetic --format cifar100 --n-train-per-class 30 --n-test-per-class 100"
+           " --distractors 1 && ptft-finetune -m experiment=vision/demo_synthetic"
+           " && ptft-finetune experiment=vision/demo_synthetic ft.mode=stl"
+           " && ptft-aggregate runs/finetune --out results/vision_synthetic/vision_synthetic_rescale.csv",
+           keys=("ft.mode", "ft.rescale", "data.n_ft", "seed"), ignore=STORE_COLS,
            why="exact (CPU, OMP_NUM_THREADS=1; rounding changes the accuracies); "
                "run_dir, job_dir, run_hash not compared"),
-    Result("dln_sims_cpu.csv", keys=("rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega", "alpha"),
+    Result("dln_panels/dln_sims_cpu.csv", "python -m ptft.analysis.dln_sims --scale cpu --store runs --workers 2",
+           keys=("rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega", "alpha"),
            rtol=1e-6, sample=sample_dln_sims,
            why="sample: 2 of its 308 jobs rerun (the cheapest, and the one at a third of the jobs by steps_max); "
                "rtol 1e-6 (float64 GD)"),
-    Result("dln_finite_size_ib.csv", keys=("point", "dim"), rtol=1e-6, ignore=("gd_over_ib", "job_cpu_s"),
-           sample=sample_dln_ib,
+    Result("dln_finite_size/dln_finite_size_ib.csv", f"{FINITE} --ib", keys=("point", "dim"), rtol=1e-6,
+           ignore=("gd_over_ib", "job_cpu_s"), sample=sample_dln_ib,
+           also=("dln_finite_size/dln_finite_size_ib_fit.csv", "dln_finite_size/dln_finite_size_ib.png"),
            why="sample: 2 of its 60 (point, D) rows rerun (the minimiser at the smallest D); rtol 1e-6 (Newton to "
                "1e-10); gd_over_ib (needs the GD store) and job_cpu_s not compared"),
+    # ---- registered for their provenance, too costly to rerun in CI (named on the command line, they run)
+    Result("dln_panels/dln_sims_paper_slice.csv",
+           "python -m ptft.analysis.dln_sims --scale paper --alphas 0.059 --seeds 2 --store runs/paper_slice "
+           "--out results/dln_panels/dln_sims_paper_slice.csv --workers 1",
+           keys=("rho_pt", "a_pt", "c_pt", "lam_pt", "gamma", "rho_ft", "omega", "alpha"), rtol=1e-6, checked=False,
+           why="not checked: D = 5000 GD, 305 s wall, 1.5 GB"),
+    Result("dln_finite_size/dln_finite_size.csv",
+           f"{FINITE} --dims 250 500 1000 2000 && {FINITE} --dims 4000 --alphas 0.5 0.304 0.108 0.059 --merge"
+           " && python scripts/dln_finite_size.py --store runs/dln_finite_size --workers 1 --dims 4000 --alphas 0.353"
+           " --merge", keys=("point", "dim"), rtol=1e-6, ignore=("job_cpu_s",), inputs=("dln_panels/dln_agreement.csv",),
+           also=("dln_finite_size/dln_finite_size_fit.csv", "dln_finite_size/dln_finite_size.png",
+                 "dln_finite_size/dln_sim_theory_offset.csv"), checked=False,
+           why="not checked: 3.3 CPU hours of GD (D = 250 to 4000)"),
+    threshold("1e-06"),
+    threshold("1e-08"),
+    Result("ll_dln_rescale_v1/ll_dln_rescale.csv", "python scripts/study_ll_dln.py --store runs/ll_dln --workers 2",
+           keys=("task", "arm", "n_ft", "seed"), rtol=1e-6, also=("ll_dln_rescale_v1/*",), checked=False,
+           why="not checked: ~1 h wall on 2 cores; superseded by the engine study ll_dln_rescale"),
+    Result("modarith_knobs_v1/modarith_study.csv", "python scripts/study_modarith.py --store runs/modarith_study --workers 2",
+           ignore=STORE_COLS, also=("modarith_knobs_v1/*",), checked=False,
+           why="not checked: 90 jobs, ~19 CPU min per seed; superseded by the engine study modarith_knobs"),
+    Result("vision_knobs_v1/vision_knobs.csv",
+           " && ".join(f"ptft-data synthetic --root data/vknobs_{gt} --format svhn --n-train-per-class 150 "
+                       f"--n-test-per-class 50 --distractors 1 --ground-truth {gt} --seed 0"
+                       for gt in ("subset", "new", "dense"))
+           + " && ptft-data synthetic --root data/synthetic --format cifar100 --n-train-per-class 30"
+             " --n-test-per-class 100 --distractors 1"
+             " && python scripts/study_vision.py --store runs/vision_knobs --workers 2",
+           ignore=STORE_COLS, also=("vision_knobs_v1/*",), checked=False,
+           why="not checked: 36 jobs, ~20 min wall on 2 quiet cores; superseded by the engine study vision_knobs"),
+    Result("vision_synthetic/vision_groundtruth_probe.csv",
+           "python scripts/probe_groundtruth.py --out /tmp/probe --seeds 0 1 2"
+           " && cp /tmp/probe/probe.csv results/vision_synthetic/vision_groundtruth_probe.csv",
+           keys=("seed", "ground_truth", "features", "n", "draw"), checked=False,
+           why="not checked: 8 CPU min (36 min wall on the shared 2 cores)"),
+    Result("arith_calibration/calibration.csv",
+           "python scripts/calibrate_arith.py --store runs/arith_calibration --seeds 0 1 2 --workers 2",
+           keys=("arm", "seed"), ignore=("wall_s", "cpu_s", "run_hash"), checked=False,
+           why="not checked: 18 pretrainings, 719 CPU s (2167 s wall on the shared cores)"),
+    Result("arith_calibration/grokking_nanda.csv",
+           "python scripts/calibrate_arith.py --store runs/arith_calibration --preset arith/grokking_nanda --arms baseline"
+           " --seeds 0 --out results/arith_calibration/grokking_nanda.csv"
+           " --curves results/arith_calibration/grokking_nanda_curve.csv",
+           keys=("arm", "seed"), ignore=("wall_s", "cpu_s", "run_hash"),
+           also=("arith_calibration/grokking_nanda_curve.csv",), checked=False,
+           why="not checked: one pretraining, 735 CPU s (2256 s wall on the shared cores)"),
+    Result("digits_knobs_v1/digits_runs.csv", "python scripts/study_digits.py", ignore=STORE_COLS,
+           also=("digits_knobs_v1/*",), checked=False,
+           why="not checked: 7.4 min wall on 2 quiet cores (its tables were byte-identical on 2026-11-29); "
+               "superseded by the engine study digits_knobs"),
 ]
 
 
-# ---------------------------------------------------------------- README
+# ---------------------------------------------------------------- coverage
 
-def split_row(line: str) -> list[str]:
-    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-
-
-def readme_rows(text: str) -> list[tuple[list[str], str]]:
-    """(files named in the first cell, command) for every table row with a `command` column."""
-    out, col = [], None
-    for line in text.splitlines():
-        if not line.startswith("|"):
-            col = None
-            continue
-        cells = split_row(line)
-        if col is None:  # a table's header row
-            col = cells.index("command") if "command" in cells else -1
-            continue
-        if col < 0 or set(line) <= set("|-: "):
-            continue
-        cmd = re.search(r"`([^`]+)`", cells[col]) if col < len(cells) else None
-        out.append((re.findall(r"`([^`]+)`", cells[0]), cmd.group(1) if cmd else ""))
-    return out
+def committed_files() -> list[str]:
+    """Paths under results/ of the committed files (git's index; every file on disk outside a git checkout)."""
+    p = subprocess.run(["git", "ls-files", "-z", "results"], cwd=REPO, capture_output=True, text=True)
+    if p.returncode == 0 and p.stdout:
+        return sorted(f[len("results/"):] for f in p.stdout.split("\0") if f)
+    return sorted(str(f.relative_to(RESULTS_DIR)) for f in RESULTS_DIR.rglob("*") if f.is_file())
 
 
-def row_for(file: str, text: str) -> tuple[list[str], str]:
-    rows = [r for r in readme_rows(text) if file in r[0]]
-    if len(rows) != 1:
-        raise SystemExit(f"results/README.md: {len(rows)} table rows name `{file}` in their file column (need 1)")
-    return rows[0]
+def engine_folders() -> set[str]:
+    """The folders of engine studies (`ptft-study NAME` writes results/NAME/runs.csv; ptft-study --check)."""
+    return {p.parent.name for p in RESULTS_DIR.glob("*/runs.csv")}
+
+
+def uncovered(files: list[str]) -> list[str]:
+    """The files of results/ that are neither registered, nor an `also` of an entry, nor in an engine study's
+    folder, nor a README.md."""
+    engine = engine_folders()
+    pats = [r.file for r in RESULTS] + [p for r in RESULTS for p in r.also]
+    return [f for f in files if Path(f).name != "README.md" and f.split("/")[0] not in engine
+            and not any(fnmatch.fnmatch(f, p) for p in pats)]
 
 
 # ---------------------------------------------------------------- comparison
@@ -229,7 +305,8 @@ def sandbox(res: list[Result]) -> Path:
     (box / "results").mkdir()
     for r in res:
         for f in r.inputs:
-            shutil.copy2(REPO / "results" / f, box / "results" / f)
+            (box / "results" / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(RESULTS_DIR / f, box / "results" / f)
     return box
 
 
@@ -242,14 +319,16 @@ def run_command(cmd: str, box: Path) -> None:
         raise RuntimeError(f"exit {p.returncode}: {cmd}\n{(p.stdout + p.stderr)[-3000:]}")
 
 
+def written(r: Result, box: Path) -> list[str]:
+    """The entry's file and its `also` files that the command wrote into the sandbox's results/."""
+    made = [str(f.relative_to(box / "results")) for f in (box / "results").rglob("*") if f.is_file()]
+    return [f for f in made if f not in r.inputs and any(fnmatch.fnmatch(f, p) for p in (r.file, *r.also))]
+
+
 def check(selected: list[Result], committed_dir: Path, update: bool = False) -> int:
-    text = README.read_text()
     groups: dict[str, list[Result]] = {}
-    for r in selected:
-        files, cmd = row_for(r.file, text)
-        if r.sample is None and not cmd:
-            raise SystemExit(f"results/README.md: the row of `{r.file}` has no `command`")
-        groups.setdefault("" if r.sample else cmd, []).append(r)
+    for r in selected:  # entries sharing a command run it once
+        groups.setdefault("" if r.sample else r.command, []).append(r)
     failed = 0
     t_all = time.time()
     for cmd, res in groups.items():
@@ -273,9 +352,9 @@ def check(selected: list[Result], committed_dir: Path, update: bool = False) -> 
                         problems = compare(r, committed, box / "results" / r.file)
                         note = f"{len(read_csv(committed)[1])} rows"
                     if update and r.sample is None:
-                        for f in row_for(r.file, text)[0]:
-                            if (box / "results" / f).exists():
-                                shutil.copy2(box / "results" / f, REPO / "results" / f)
+                        for f in written(r, box):
+                            (RESULTS_DIR / f).parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copy2(box / "results" / f, RESULTS_DIR / f)
                     status = "STALE" if problems else "ok"
                     failed += bool(problems)
                     print(f"{status:5} {r.file} ({note}, {time.time() - t0:.0f} s): {r.why}", flush=True)
@@ -293,23 +372,27 @@ def check(selected: list[Result], committed_dir: Path, update: bool = False) -> 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("files", nargs="*", help="registered file names (default: all)")
+    ap.add_argument("files", nargs="*", help="registered files, as paths under results/ (default: every checked one)")
     ap.add_argument("--list", action="store_true",
-                    help="print the registry (markdown rows) and the results/ CSVs it leaves out")
-    ap.add_argument("--update", action="store_true", help="copy the regenerated files of each row into results/")
-    ap.add_argument("--committed", type=Path, default=REPO / "results", help="folder of the files to check")
+                    help="print the registry and the results/ files it does not cover")
+    ap.add_argument("--update", action="store_true",
+                    help="copy the regenerated files (and their `also` files) into results/")
+    ap.add_argument("--committed", type=Path, default=RESULTS_DIR, help="folder of the files to check")
     a = ap.parse_args(argv)
     names = {r.file: r for r in RESULTS}
     unknown = [f for f in a.files if f not in names]
     if unknown:
         ap.error(f"not registered: {unknown}; registered: {sorted(names)}")
     if a.list:
-        for r in RESULTS:  # the rows of the table in results/README.md's Freshness section
-            print(f"| `{r.file}` | {r.why} |")
-        left = sorted(p.name for p in (REPO / "results").glob("*.csv") if p.name not in names)
-        print(f"not checked: {left or 'none'}")
+        for r in RESULTS:
+            print(f"{'checked' if r.checked else 'manual':7} {r.file}: {r.why}\n        $ {r.command}")
+        engine = sorted(engine_folders())
+        print(f"engine studies (ptft-study NAME --check): {', '.join(engine) or 'none'}")
+        left = uncovered(committed_files())
+        print(f"not covered: {left or 'none'}")
         return 0
-    return check([names[f] for f in a.files] if a.files else RESULTS, a.committed, a.update)
+    return check([names[f] for f in a.files] if a.files else [r for r in RESULTS if r.checked],
+                 a.committed, a.update)
 
 
 if __name__ == "__main__":

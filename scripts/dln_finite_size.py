@@ -3,7 +3,7 @@
     python scripts/dln_finite_size.py --store runs/dln_finite_size --workers 2
 
 The replica prediction is a D -> inf statement. This takes the points where the six-panel figure's
-simulation (D = 1000, 5 seeds) disagrees with the theory (results/dln_agreement.csv, agree = False:
+simulation (D = 1000, 5 seeds) disagrees with the theory (results/dln_panels/dln_agreement.csv, agree = False:
 9 distinct (curve, alpha) points) and the 3 agreeing points where the theory is steepest in alpha, and
 runs the same gradient descent (lr 0.5, float64, train MSE < 1e-4) at D in {250, 500, 1000, 2000, 4000}
 with more seeds at small D (the spread across seeds shrinks like D^-1/2): 32, 16, 8, 4, 4 (--dims
@@ -12,7 +12,7 @@ the run does not redo, e.g. `--dims 4000 --alphas 0.059 0.108 --merge` adds D = 
 multi-configuration `ptft-dln` job per (D, alpha) (the points at that alpha share X per seed); resumable
 (finished runs in the store are skipped).
 
-Outputs (--out, default results/): dln_finite_size.csv (per point and D: mean test error, 95% CI, the
+Outputs (--out, default results/dln_finite_size/): dln_finite_size.csv (per point and D: mean test error, 95% CI, the
 theory, gap = sim - theory, sim / theory, seeds, the CPU seconds of the job that made it), dln_finite_size_fit.csv (per
 point: the weighted least-squares fit gap(D) = A D^-p over D, with p's standard error and the
 extrapolated gap at D = 1e6; and one pooled fit of sim / theory - 1 = A_k D^-p with a shared exponent)
@@ -300,8 +300,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", default="runs/dln_finite_size")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--agreement", type=Path, default=Path("results/dln_agreement.csv"))
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--agreement", type=Path, default=Path("results/dln_panels/dln_agreement.csv"))
+    ap.add_argument("--out", type=Path, default=Path("results/dln_finite_size"))
     ap.add_argument("--ib", action="store_true",
                     help="instead of gradient descent, the exact implicit-bias minimiser at D in "
                          f"{list(IB_DIMS)} with {list(IB_DIMS.values())} seeds (what the replica predicts), "

@@ -24,14 +24,14 @@
 #      steps (<= 40 s; a timeout there is reported as such, with the steps it reached)
 # (90 + 170 + 45 + 80 + 35 + 40 = 460 s; the overall deadline cuts a step short rather than run past 470 s.)
 # GPU_CHECK_DEVICE=cpu runs the same steps on the CPU (only to test this script's own logic; expect timeouts).
-# Findings go to results/gpu_check.txt (or $GPU_CHECK_OUT; each step's full output in /tmp/ptft-gpu-check/),
+# Findings go to results/gpu_check/gpu_check.txt (or $GPU_CHECK_OUT; each step's full output in /tmp/ptft-gpu-check/),
 # and, when $OUT is set (the device machine), to $OUT/gpu_check.txt with the step logs beside it.
 # Exit status: 0 every step ran and passed; 1 a step failed or timed out; 4 none failed but some steps or
 # tests were skipped (e.g. no .whl/); 2 no CUDA device (nothing ran, no report written); 3 bad usage.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-REPORT=${GPU_CHECK_OUT:-results/gpu_check.txt}
+REPORT=${GPU_CHECK_OUT:-results/gpu_check/gpu_check.txt}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-470}
 PEAK=790
 WHL=.whl

@@ -6,7 +6,7 @@
 Runs: the four presets conf/experiment/digits/*.yaml (10 seeds each, n_ft 4, 10, 20, 50) and STL, as two
 chains of `ptft-finetune -m` jobs in two processes (one CPU thread each), all in ONE store (--store), so
 the pretraining of a (kappa, scale, seed) is trained once and found by hash by every FT-side value.
-Report (results/): `ptft-aggregate` -> digits_runs.csv; `ptft-plot` per knob -> digits_<knob>.png (+ .csv, .md);
+Report (results/digits_knobs_v1/): `ptft-aggregate` -> digits_runs.csv; `ptft-plot` per knob -> digits_<knob>.png (+ .csv, .md);
 verdicts -> digits_verdict.md / .csv: per knob and n_ft, the paired difference (same seed: same class split,
 same FT images) between a knob value and the reference value 1, mean and 95% t-interval over seeds.
 """
@@ -206,7 +206,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", default="runs/digits")
     p.add_argument("--data-root", default="data/digits")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default="results/digits_knobs_v1")
     p.add_argument("--report-only", action="store_true")
     a = p.parse_args()
     if not a.report_only:

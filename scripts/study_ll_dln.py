@@ -9,14 +9,14 @@ nested (k_ft = 5, all shared with PT) and new features (k_ft = 5, overlap 0). Ev
 `ptft-dln experiment=dln/ll_rescale ...` in-process with the six seeds batched; PT is trained once per
 seed and shared by every job through the PT store (the first job trains it).
 
-Outputs (--out, default results/): ll_dln_rescale.csv (one row per task, arm, n_ft and seed: FT test
+Outputs (--out, default results/ll_dln_rescale_v1/): ll_dln_rescale.csv (one row per task, arm, n_ft and seed: FT test
 MSE, status, steps, restarts, the lr that finished, PT status / steps / final train MSE),
 ll_dln_rescale_summary.csv (per task, arm and n_ft: mean and 95% CI (Student t over seeds) of the test
 MSE, and of log10 of it), ll_dln_rescale_paired.csv (each arm against s = 1, paired by seed: mean and 95% CI
 of log10(error ratio), seeds where the arm is lower) and ll_dln_rescale.png (FT test MSE vs n_FT, one line per s, STL dashed, log y,
 one panel per task). The suite's replica theory is not drawn: it assumes an exact (infinitely
 trained) PT, the paper's "sum" re-initialisation (w+ = w-) and Gaussian teacher values, and none of the
-three holds here (see results/README.md).
+three holds here (see results/ll_dln_rescale_v1/README.md).
 """
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", default="runs/ll_dln")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--out", type=Path, default=Path("results/ll_dln_rescale_v1"))
     a = ap.parse_args()
     rows = run(a.store, a.workers)
     rows.sort(key=lambda r: (list(TASKS).index(r["task"]), [x for x, _ in ARMS].index(r["arm"]), r["n_ft"], r["seed"]))

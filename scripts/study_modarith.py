@@ -1,4 +1,4 @@
-"""The CPU knob study of the arithmetic track (issue: Transformers on modular arithmetic; results/README.md).
+"""The CPU knob study of the arithmetic track (issue: Transformers on modular arithmetic; results/modarith_knobs_v1/).
 
     python scripts/study_modarith.py --store runs/modarith_study --workers 2      # all jobs, then the figures
     python scripts/study_modarith.py --store runs/modarith_study --report-only   # figures/CSV from the store
@@ -12,7 +12,7 @@ by hash in the store (trained by the first job that needs it, under a lock). Job
 pretraining go first, so two workers never wait on each other's lock. Finished runs are skipped: rerunning
 the command resumes an interrupted study.
 
-Outputs (--out, default results/): modarith_study.csv (ptft-aggregate of the store: one row per run,
+Outputs (--out, default results/modarith_knobs_v1/): modarith_study.csv (ptft-aggregate of the store: one row per run,
 pretrainings included), modarith_<knob>.png / .csv / .md (ptft-plot: FT test accuracy vs n_ft, 95% CI over
 seeds, STL dashed, one panel per FT op), modarith_<knob>_movement.png / _cka.png (+ .csv: ptft-plot
 --stages: each stage's relative movement / CKA start-vs-end against the knob, one row per n_ft, STL dashed),
@@ -177,7 +177,7 @@ def paired(ft):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=Path("runs/modarith_study"))
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--out", type=Path, default=Path("results/modarith_knobs_v1"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n-ft", type=int, nargs="+", default=[100, 200, 400, 800])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

@@ -1,4 +1,4 @@
-"""The CPU knob study of the deep track on synthetic ground truths (issue #9 part 2; results/README.md).
+"""The CPU knob study of the deep track on synthetic ground truths (issue #9 part 2; results/vision_knobs_v1/).
 
     python scripts/study_vision.py --store runs/vision_knobs --workers 2                    # jobs, then report
     python scripts/study_vision.py --store runs/vision_knobs --report-only                # CSV/figures from the store
@@ -22,7 +22,7 @@ vision/demo_synthetic (data/synthetic, `ptft-data synthetic --root data/syntheti
 --n-train-per-class 30 --n-test-per-class 100 --distractors 1`), n = 10, s = 0.25, train.lr=0.01,
 bn_recalibrate false / true, and s = 1 as reference.
 
-Outputs (--out, default results/): vision_knobs.csv (ptft-aggregate of the store, one row per run,
+Outputs (--out, default results/vision_knobs_v1/): vision_knobs.csv (ptft-aggregate of the store, one row per run,
 pretrainings included), vision_knobs_<knob>.png/.csv/.md (ptft-plot, one panel per ground truth),
 vision_knobs_summary.csv (per knob value, ground truth and n_ft: mean, 95% CI, seeds, PT test accuracy,
 per-stage movement / CKA), vision_knobs_verdict.csv/.md (per prediction of the paper, ground truth and n_ft: the
@@ -217,14 +217,14 @@ def verdict(ft, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=Path("runs/vision_knobs"))
-    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--out", type=Path, default=Path("results/vision_knobs_v1"))
     ap.add_argument("--data", default="data", help="folder holding vknobs_subset/, vknobs_new/")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n-ft", type=int, nargs="+", default=[10, 20, 40, 80])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--budget-min", type=float, default=None, help="start no job after this many minutes")
     ap.add_argument("--ground-truths", nargs="+", default=list(GTS), choices=("subset", "new", "dense"),
-                    help="the FT ground truths to run (data: DATA/vknobs_<gt>, see results/README.md)")
+                    help="the FT ground truths to run (data: DATA/vknobs_<gt>, see results/vision_knobs_v1/README.md)")
     ap.add_argument("--no-bn", action="store_true", help="skip the bn_recalibrate measurement jobs")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("overrides", nargs="*", help="extra ptft-finetune overrides for every job")

@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_points_are_the_distinct_disagreements_and_three_steep_agreements():
     import csv
 
-    rows = list(csv.DictReader((REPO / "results" / "dln_agreement.csv").open()))
+    rows = list(csv.DictReader((REPO / "results" / "dln_panels" / "dln_agreement.csv").open()))
     bad = {(tuple(float(r[k]) for k in fs.CONFIG_KEYS), float(r["alpha"])) for r in rows if r["agree"] == "False"}
-    pts = fs.points(REPO / "results" / "dln_agreement.csv")
+    pts = fs.points(REPO / "results" / "dln_panels" / "dln_agreement.csv")
     dis = [p for p in pts if p["kind"] == "disagree"]
     assert {(tuple(p["cfg"][k] for k in fs.CONFIG_KEYS), p["alpha"]) for p in dis} == bad
     steep = [p for p in pts if p["kind"] == "agree_steep"]
@@ -52,7 +52,7 @@ def test_table_round_trips_for_merge(tmp_path):
 def test_offset_by_support_counts_and_averages_per_rho(tmp_path):
     import csv
 
-    rows = list(csv.DictReader((REPO / "results" / "dln_agreement.csv").open()))[:6]
+    rows = list(csv.DictReader((REPO / "results" / "dln_panels" / "dln_agreement.csv").open()))[:6]
     ratios = [2.0, 0.5, 1.5, 1.0, 1.25, 0.8]
     for i, (r, q) in enumerate(zip(rows, ratios)):
         r.update(rho_ft=str(0.1 if i < 3 else 0.9), alpha=str(0.1 + 0.01 * i), status="ok", theory="0.2",
@@ -92,7 +92,7 @@ def test_gd_lands_near_the_implicit_bias_minimiser_that_ib_row_reports(tmp_path,
     (Theorem 4.1) up to its stopping point, so the ratio is near 1."""
     from ptft.analysis.dln_sims import _run_group
 
-    p = next(q for q in fs.points(REPO / "results" / "dln_agreement.csv") if q["point"] == 6)
+    p = next(q for q in fs.points(REPO / "results" / "dln_panels" / "dln_agreement.csv") if q["point"] == 6)
     monkeypatch.setattr(fs, "DIMS", {60: 2})
     store = str(tmp_path / "store")
     row = fs.ib_row(p, 60, 4, store)

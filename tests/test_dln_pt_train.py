@@ -64,8 +64,8 @@ def test_identities_default_pt_train_is_train_and_only_used_settings_count(tmp_p
 
 
 def test_committed_demo_runs_keep_their_run_hashes():
-    """results/demo_dln.csv (ptft-aggregate of a real sweep): each run's config columns give its run_hash."""
-    with open(REPO / "results" / "demo_dln.csv") as f:
+    """results/demo/demo_dln.csv (ptft-aggregate of a real sweep): each run's config columns give its run_hash."""
+    with open(REPO / "results" / "demo" / "demo_dln.csv") as f:
         rows = {r["run_hash"]: r for r in csv.DictReader(f)}
     assert len(rows) >= 10
     for h, r in rows.items():

@@ -1,7 +1,7 @@
 """`ptft-aggregate`: every run under run stores or sweep directories, as one tidy CSV.
 
     ptft-aggregate runs/                       # a run store
-    ptft-aggregate multirun/dln/2026-..._ab12cd --out results/fig2.csv   # a sweep directory
+    ptft-aggregate multirun/dln/2026-..._ab12cd --out outputs/fig2.csv   # a sweep directory
 
 One row per run; a batched job (result.json with a `members` list, one per seed) gives one row
 per member, the member's keys (seed, metrics) overriding the job's. Columns:

@@ -1,10 +1,10 @@
 """The DLN figures and tables of docs/paper.md sections 6-7: regime map, replica theory, theory vs simulation.
 
-    python -m ptft.analysis.dln_figures regime-map            # results/regime_map.{png,csv}
-    python -m ptft.analysis.dln_figures theory                # results/dln_theory.csv
-    python -m ptft.analysis.dln_figures panels --sims /work/simlogs/dln_sims_cpu.csv --scale cpu
-    python -m ptft.analysis.dln_figures regimes               # results/dln_regimes.{png,csv}
-    python -m ptft.analysis.dln_figures all --sims results/dln_sims_cpu.csv
+    python -m ptft.analysis.dln_figures regime-map            # results/dln_theory/regime_map.{png,csv}
+    python -m ptft.analysis.dln_figures theory                # results/dln_theory/dln_theory.csv
+    python -m ptft.analysis.dln_figures panels --sims results/dln_panels/dln_sims_cpu.csv --scale cpu  # results/dln_panels/
+    python -m ptft.analysis.dln_figures regimes               # results/dln_theory/dln_regimes.{png,csv}
+    python -m ptft.analysis.dln_figures all --sims results/dln_panels/dln_sims_cpu.csv
 
 Theory comes from `ptft.dln.replica` (quadrature, Newton fixed point) and `ptft.dln.theory`; simulations
 come from the tidy CSV of `ptft.analysis.dln_sims` (optionally completed from the finished jobs of its run
@@ -553,7 +553,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, replica: bool = True) -> None:
-        p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+        p.add_argument("--out", type=Path, default=None,
+                       help="output folder (default results/dln_panels/ for panels, results/dln_theory/ for the rest)")
         if replica:
             p.add_argument("--n-alpha", type=int, default=len(THEORY_ALPHAS),
                            help="theory alphas, evenly spaced in [0.01, 0.5] (default 80)")
@@ -583,15 +584,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.time()
     kw = {"max_iter": a.max_iter} if hasattr(a, "max_iter") else {}
     alphas = np.linspace(0.01, 0.5, a.n_alpha) if hasattr(a, "n_alpha") else THEORY_ALPHAS
+    theory_dir, panels_dir = (a.out or Path("results/dln_theory")), (a.out or Path("results/dln_panels"))
     try:
         if a.command in ("regime-map", "all"):
-            regime_map(a.out, n_beta=a.n_beta, n_lam=a.n_lam)
+            regime_map(theory_dir, n_beta=a.n_beta, n_lam=a.n_lam)
         if a.command in ("theory", "all"):
-            theory_table(a.out, alphas, **kw)
+            theory_table(theory_dir, alphas, **kw)
         if a.command in ("panels", "all"):
-            panels(a.out, a.sims, a.scale, a.store, alphas, **kw)
+            panels(panels_dir, a.sims, a.scale, a.store, alphas, **kw)
         if a.command in ("regimes", "all"):
-            regimes(a.out, alphas, **kw)
+            regimes(theory_dir, alphas, **kw)
     except ConfigError as e:
         ap.exit(2, f"ptft: error: {e}\n")
     print(f"dln_figures {a.command}: done in {time.time() - t0:.1f}s")

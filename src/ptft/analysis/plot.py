@@ -1,7 +1,7 @@
 """`ptft-plot`: fine-tuning runs -> the paper's figure and LL's table.
 
-    ptft-plot runs/ --hue ft.rescale --out results/rescale.png
-    ptft-plot multirun/finetune/2026-... results/old.csv --hue init.kappa --where ft.readout_scale=1 --out k.png
+    ptft-plot runs/ --hue ft.rescale --out outputs/rescale.png
+    ptft-plot multirun/finetune/2026-... outputs/old.csv --hue init.kappa --where ft.readout_scale=1 --out k.png
 
 PATH is a run store, a sweep directory or a `ptft-aggregate` CSV (any mix; read through
 ptft.analysis.aggregate). Kept: fine-tuning rows (mode finetune | stl, or stage finetune); mode=stl rows
@@ -19,7 +19,7 @@ named in a warning; restrict with --where KEY=VALUE.
 
 Per-stage diagnostics against the knob (docs/diagnostics.md):
 
-    ptft-plot results/modarith_study.csv --hue init.kappa --stages diag/movement --out kappa_movement.png
+    ptft-plot results/modarith_knobs_v1/modarith_study.csv --hue init.kappa --stages diag/movement --out kappa_movement.png
 
 --stages PREFIX: the metrics PREFIX/<stage> (one line per stage), x = the --hue value, one column of
 panels per --panel value and one row per n_ft; mean and 95% CI over seeds as above, each stage's STL value
