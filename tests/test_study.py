@@ -207,8 +207,8 @@ def test_committed_study_is_fresh(name, tmp_path):
 
 @pytest.mark.slow
 def test_killed_study_resumes_to_the_same_verdicts(tiny, tmp_path):
-    """kill -9 of the whole study (driver and jobs) once a job has finished; the same command then runs only what is
-    missing and ends with the verdicts of the uninterrupted study."""
+    """kill -9 of the study's driver once a job has finished: its running jobs end too (SIGTERM, checkpoint), and the
+    same command then runs only what is missing and ends with the verdicts of the uninterrupted study."""
     import os
     import signal
     import time
@@ -220,8 +220,15 @@ def test_killed_study_resumes_to_the_same_verdicts(tiny, tmp_path):
     t0 = time.time()
     while not list((tmp_path / "runs").glob("studies/*/jobs/*/study_done.json")) and time.time() - t0 < 300:
         time.sleep(0.2)
-    os.killpg(p.pid, signal.SIGKILL)
+    os.kill(p.pid, signal.SIGKILL)  # the driver only: its jobs must not live on as orphans
     p.wait()
+    t1 = time.time()
+    while time.time() - t1 < 60:
+        alive = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True, text=True).stdout.split()
+        if not alive:
+            break
+        time.sleep(0.5)
+    assert not alive, "jobs outlived their killed study driver"
     done = len(list((tmp_path / "runs").glob("studies/*/jobs/*/study_done.json")))
     assert done >= 1
     q = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)

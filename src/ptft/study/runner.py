@@ -55,6 +55,16 @@ def is_done(jdir: Path) -> bool:
     return bool(runs) and all((r / "result.json").is_file() for r in runs)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the study's driver dies (Linux), so a killed study leaves no orphan jobs;
+    the apps checkpoint on SIGTERM and the next call resumes them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def command(app: str, job: Job, store: Path, jdir: Path, launcher: str) -> list[str]:
     exe = Path(sys.executable).parent / SCRIPTS[app]
     cmd = [str(exe) if exe.exists() else SCRIPTS[app]]
@@ -122,7 +132,8 @@ def run_jobs(app: str, study: str, jobs: Sequence[Job], store: Path, *, workers:
         jdir = job_dir(store, study, job)
         jdir.mkdir(parents=True, exist_ok=True)
         t = time.time()
-        p = subprocess.run(command(app, job, store, jdir, launcher), env=env, capture_output=True, text=True)
+        p = subprocess.run(command(app, job, store, jdir, launcher), env=env, capture_output=True, text=True,
+                           preexec_fn=_die_with_parent)
         what = f"{job.id} ({' '.join(job.args[len(job.args) - 3:])})"
         if p.returncode == 0 and run_dirs_of(jdir):
             atomic_write_json(jdir / DONE, {"run_dirs": [str(r) for r in run_dirs_of(jdir)],
