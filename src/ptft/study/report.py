@@ -233,7 +233,9 @@ def write(df, spec: StudySpec, out: Path, command: str, runtime: Optional[str] =
                                                                      else "") + ".", "",
             md_table(summ, list(summ[0]) if summ else []), "",
             *pt_section(df, spec),
-            "![figure](figure.png)", ""]
+            "![figure](figure.png)", "",
+            *([f"More on this study (what the hook writes, history, timings): [NOTES.md](NOTES.md).", ""]
+              if (out / "NOTES.md").is_file() else [])]
     atomic_write_text(paths[3], "\n".join(text))
     if spec.hook:
         run_hook(spec.hook, df, spec, out)

@@ -134,7 +134,7 @@ def run_jobs(app: str, study: str, jobs: Sequence[Job], store: Path, *, workers:
         t = time.time()
         p = subprocess.run(command(app, job, store, jdir, launcher), env=env, capture_output=True, text=True,
                            preexec_fn=_die_with_parent)
-        what = f"{job.id} ({' '.join(job.args[len(job.args) - 3:])})"
+        what = f"{job.id} ({' '.join(a if len(a) < 60 else a[:57] + '...' for a in job.args[len(job.args) - 3:])})"
         if p.returncode == 0 and run_dirs_of(jdir):
             atomic_write_json(jdir / DONE, {"run_dirs": [str(r) for r in run_dirs_of(jdir)],
                                             "args": list(job.args), "seconds": round(time.time() - t, 1)})
